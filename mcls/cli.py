@@ -1,0 +1,121 @@
+"""`mcls <command> [--config file.yaml] [key=value ...]`: the same config the notebooks use."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+from .data import DataError
+
+
+def _config(args):
+    return load_config(args.config, args.overrides)
+
+
+def cmd_train(args) -> None:
+    from .train import train
+
+    summary = train(_config(args), resume=args.resume)
+    shown = {k: round(v, 4) for k, v in summary.items() if isinstance(v, float) and not k.endswith("_std")}
+    print(json.dumps(shown, indent=2))
+
+
+def cmd_predict(args) -> None:
+    from .predict import predict_folder, write_submission
+
+    cfg = _config(args)
+    tta = None if args.tta is None else args.tta == "on"
+    if args.folder:
+        out = args.out or str(Path(args.run) / "predictions.csv")
+        print(predict_folder(args.folder, args.run, out, tta=tta, device=cfg.device, on_bad_image=cfg.on_bad_image))
+    else:
+        print(write_submission(cfg.data_dir, args.run, args.out, tta=tta, device=cfg.device))
+
+
+def cmd_folds(args) -> None:
+    from .data import load_train_table
+    from .folds import assign_folds, fold_summary
+
+    cfg = _config(args)
+    table = load_train_table(cfg.data_dir, cfg.age_bounds, cfg.train_old_age, cfg.relabel_file or None)
+    print(fold_summary(table, assign_folds(table, cfg.n_folds, cfg.seed)).to_string())
+
+
+def cmd_check(args) -> None:
+    """Validates the data folder (every problem listed) and prints what was found."""
+    from .data import load_eval_table, load_train_table
+    from .images import load_images
+
+    cfg = _config(args)
+    table = load_train_table(cfg.data_dir, cfg.age_bounds, cfg.train_old_age, cfg.relabel_file or None)
+    info = load_eval_table(cfg.data_dir)
+    _, bad = load_images(list(table["path"]) + list(info["path"]), 32, on_bad_image="skip")
+    print(f"{cfg.data_dir}: {table['person'].nunique()} persons, {len(table)} training images, "
+          f"{len(info)} eval images, {len(bad)} unreadable")
+    if bad:
+        sys.exit(1)
+
+
+def cmd_runs(args) -> None:
+    from .runs import list_runs
+
+    df = list_runs(args.runs_dir)
+    print(df.to_string(index=False) if len(df) else f"no runs in {args.runs_dir}")
+
+
+def cmd_demo(args) -> None:
+    """Trains briefly on the shipped sample, predicts its eval images, and says where everything is."""
+    from .predict import write_submission
+    from .train import train
+
+    defaults = ["data_dir=data/sample", "run_dir=runs/demo", "epochs=2", "img_size=96", "n_folds=4"]
+    cfg = load_config(args.config, defaults + args.overrides)
+    summary = train(cfg, resume=(Path(cfg.run_dir) / "config.yaml").exists())
+    sub = write_submission(cfg.data_dir, cfg.run_dir, device=cfg.device)
+    print(f"\nvalidation macro F1 {summary['f1']:.3f} (mask {summary['f1_mask']:.3f}, gender "
+          f"{summary['f1_gender']:.3f}, age {summary['f1_age']:.3f}) on the sample's held-out persons")
+    print(f"run folder:  {cfg.run_dir}  (config.yaml, fold*/metrics.csv, checkpoints, figures)")
+    print(f"figures:     {sorted(str(p) for p in Path(cfg.run_dir).glob('fold*/*.png'))}")
+    print(f"submission:  {sub}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcls", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--config", help="YAML file of config keys")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("train", cmd_train, "train one fold (fold=K) or all folds (fold=-1) into run_dir")
+    p.add_argument("--resume", action="store_true", help="continue the run in run_dir from its last checkpoint")
+    p = add("predict", cmd_predict, "write run/submission.csv for data_dir/eval, or predict a folder")
+    p.add_argument("--run", required=True, help="run folder (fold ensemble) or one checkpoint file")
+    p.add_argument("--folder", help="predict every image under this folder instead of eval/info.csv")
+    p.add_argument("--out", help="output CSV path")
+    p.add_argument("--tta", choices=("on", "off"), help="flip TTA (default: the run's config)")
+    add("folds", cmd_folds, "show persons per fold and gender x age cell")
+    add("check", cmd_check, "validate a data folder and list every problem")
+    add("demo", cmd_demo, "train briefly on data/sample and write a submission")
+    p = sub.add_parser("runs", help="list runs with key metrics and differing config keys")
+    p.add_argument("runs_dir", nargs="?", default="runs")
+    p.set_defaults(fn=cmd_runs)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        args.fn(args)
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"mcls {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,195 @@
+"""One typed config for the whole kit: dataclass fields are also the notebook parameter names and CLI keys."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Raised with every problem found in a config, not only the first."""
+
+
+@dataclass
+class Config:
+    # --- data ---
+    data_dir: str = "data/sample"
+    relabel_file: str = ""  # CSV of relabel decisions applied on load; "" = none
+    age_bounds: list[int] = field(default_factory=lambda: [30, 60])  # band edges: <30, 30-59, >=60
+    train_old_age: int = 60  # training-only edge of the oldest band (58/59 trick); never used for validation
+    on_bad_image: str = "error"  # error | skip
+    crop: str = "none"  # none (face cropping: see the README roadmap)
+    # --- folds ---
+    n_folds: int = 5
+    fold: int = 0  # validation fold to train against; -1 trains every fold
+    seed: int = 42
+    # --- model ---
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: str = "offline"  # offline | timm | none | path to a state_dict file
+    heads: str = "multi"  # multi (mask, gender, age) | single (18-way)
+    img_size: int = 128
+    drop_rate: float = 0.2
+    # --- loss ---
+    loss: str = "ce"  # ce | weighted_ce | focal | label_smoothing | f1
+    loss_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # mask, gender, age
+    label_smoothing: float = 0.1
+    focal_gamma: float = 2.0
+    # --- optimisation ---
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.5
+    patience: int = 3  # early stopping: epochs without a better validation macro F1
+    augment: str = "light"  # none | light | strong
+    # --- runtime ---
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision, used on CUDA only
+    channels_last: str = "auto"  # auto (CUDA only) | on | off
+    num_workers: int = 0
+    # --- run ---
+    run_dir: str = ""  # "" = runs/<timestamp>
+    tta: bool = True  # horizontal-flip test-time augmentation for prediction
+    smoke: bool = False  # tiny run for tests and first tries: 1 epoch, small images
+    tracker: str = "none"  # none | mlflow
+
+    # ------------------------------------------------------------------ helpers
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "Config":
+        """Builds a config, checking every key and type; raises ConfigError listing all problems."""
+        cfg = cls()
+        return cfg.updated(values, source=source)
+
+    def updated(self, values: dict[str, Any], source: str = "overrides") -> "Config":
+        """Returns a copy with `values` applied and type-checked."""
+        hints = typing.get_type_hints(type(self))
+        known = set(self.field_names())
+        problems = []
+        new = dataclasses.replace(self)
+        for key, value in (values or {}).items():
+            if key not in known:
+                problems.append(f"{source}: unknown key {key!r} (valid keys: {', '.join(sorted(known))})")
+                continue
+            try:
+                setattr(new, key, _coerce(value, hints[key]))
+            except (TypeError, ValueError) as err:
+                problems.append(f"{source}: {key}={value!r}: {err}")
+        problems += [f"{source}: {p}" for p in new._value_problems()] if not problems else []
+        if problems:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        return new
+
+    def _value_problems(self) -> list[str]:
+        choices = {
+            "on_bad_image": ("error", "skip"),
+            "crop": ("none",),
+            "heads": ("multi", "single"),
+            "augment": ("none", "light", "strong"),
+            "channels_last": ("auto", "on", "off"),
+            "tracker": ("none", "mlflow"),
+        }
+        out = [f"{k}={getattr(self, k)!r} is not one of {v}" for k, v in choices.items() if getattr(self, k) not in v]
+        if len(self.age_bounds) != 2 or self.age_bounds[0] >= self.age_bounds[1]:
+            out.append(f"age_bounds={self.age_bounds} must be two increasing ages, e.g. [30, 60]")
+        elif not self.age_bounds[0] < self.train_old_age <= self.age_bounds[1]:
+            out.append(f"train_old_age={self.train_old_age} must lie in ({self.age_bounds[0]}, {self.age_bounds[1]}]")
+        if len(self.loss_weights) != 3:
+            out.append(f"loss_weights={self.loss_weights} needs three weights (mask, gender, age)")
+        if self.n_folds < 2:
+            out.append(f"n_folds={self.n_folds} must be at least 2")
+        if not -1 <= self.fold < self.n_folds:
+            out.append(f"fold={self.fold} must be -1 (all) or in 0..{self.n_folds - 1}")
+        for key in ("epochs", "batch_size", "img_size"):
+            if getattr(self, key) < 1:
+                out.append(f"{key}={getattr(self, key)} must be positive")
+        if self.num_workers < 0:
+            out.append(f"num_workers={self.num_workers} must be >= 0")
+        return out
+
+    def resolved(self) -> "Config":
+        """Applies the `smoke` switch: the same pipeline, tiny enough for tests and a first try."""
+        if not self.smoke:
+            return self
+        return dataclasses.replace(self, epochs=min(self.epochs, 1), img_size=min(self.img_size, 64),
+                                   batch_size=min(self.batch_size, 16), patience=max(self.patience, 1))
+
+    # ------------------------------------------------------------------ YAML
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+        return cls.from_dict(values, source=str(path))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parses `key=value` strings; values are read as YAML scalars/lists (e.g. `age_bounds=[30,58]`)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Config from an optional YAML file plus overrides; this is the one entry point for CLI and notebooks."""
+    cfg = Config.from_yaml(path) if path else Config()
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    return cfg.updated(overrides or {})
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0])
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list of {item_type.__name__}")
+        return [_coerce(v, item_type) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError("expected true or false")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError("expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError("expected a number")
+        return float(value)
+    if hint is str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise TypeError("expected a string")
+        return value
+    return value

@@ -1,0 +1,265 @@
+"""Training core: train_one_epoch / predict_probs / fit, atomic checkpoints, exact resume."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .config import Config
+from .dataset import ImageArrayDataset, make_loader, targets_of
+from .io import save_torch, write_csv, write_json
+from .labels import HEAD_SIZES, NUM_CLASSES, encode
+from .losses import create_loss, inverse_frequency_weights
+from .metrics import confusion, score
+from .models import MaskClassifier, class_log_probs, create_model
+from .transforms import create_train_transform
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------- runtime
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} asked for, but torch sees no CUDA GPU")
+    return device
+
+
+class Runtime:
+    """Device, mixed precision and memory format, decided once from the config."""
+
+    def __init__(self, cfg: Config):
+        self.device = select_device(cfg.device)
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = None
+        if cuda and cfg.amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.pin_memory = cuda
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+def progress(iterable, **kwargs):
+    """tqdm that redraws rarely when nobody watches a terminal (CI logs, papermill), so logs stay short."""
+    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
+    return tqdm(iterable, mininterval=0.5 if interactive else 30, leave=False, **kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------- losses
+class TaskLoss(torch.nn.Module):
+    """Weighted sum of per-head losses (multi-head) or one loss over the 18 training classes (single head)."""
+
+    def __init__(self, cfg: Config, train_targets: np.ndarray):
+        super().__init__()
+        self.multi = cfg.heads == "multi"
+        weighted = cfg.loss in ("weighted_ce", "focal")
+
+        def make(targets, n):
+            w = inverse_frequency_weights(targets, n) if weighted else None
+            return create_loss(cfg.loss, w, cfg.label_smoothing, cfg.focal_gamma)
+
+        if self.multi:
+            self.losses = torch.nn.ModuleList(make(train_targets[:, i], n) for i, n in enumerate(HEAD_SIZES.values()))
+            self.weights = list(cfg.loss_weights)
+        else:
+            self.losses = torch.nn.ModuleList([make(self.train_class(train_targets), NUM_CLASSES)])
+
+    @staticmethod
+    def train_class(targets):
+        """Class with the training-only age band (targets columns: mask, gender, age_band_train, label)."""
+        return encode(targets[:, 0], targets[:, 1], targets[:, 2])
+
+    def forward(self, outputs, targets):
+        if self.multi:
+            return sum(w * fn(outputs[h], targets[:, i])
+                       for i, (h, fn, w) in enumerate(zip(HEAD_SIZES, self.losses, self.weights)))
+        return self.losses[0](outputs["class"], self.train_class(targets))
+
+
+# ------------------------------------------------------------------------------------------------- loops
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt: Runtime, desc: str = "train") -> dict:
+    model.train()
+    total, count, start = 0.0, 0, time.perf_counter()
+    for x, y, _ in progress(loader, desc=desc):
+        x, y = rt.to_input(x), y.to(rt.device, non_blocking=True)
+        with rt.autocast():
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        rt.scaler.scale(loss).backward()
+        rt.scaler.step(optimizer)
+        rt.scaler.update()
+        scheduler.step()
+        total += loss.item() * len(x)
+        count += len(x)
+    seconds = time.perf_counter() - start
+    return {"train_loss": total / count, "train_seconds": seconds, "train_img_per_s": count / seconds}
+
+
+@torch.no_grad()
+def predict_probs(models, loader, rt: Runtime, tta: bool = False, desc: str = "predict") -> np.ndarray:
+    """(N, 18) class probabilities averaged over models (and flips), in the loader's (never shuffled) order."""
+    models = models if isinstance(models, (list, tuple)) else [models]
+    for m in models:
+        m.eval()
+    out, seen = [], []
+    for x, _, idx in progress(loader, desc=desc):
+        x = rt.to_input(x)
+        if tta:  # flipped copies ride in the same batch
+            x = torch.cat([x, x.flip(-1)])
+        p = 0
+        with rt.autocast():
+            for m in models:
+                p = p + class_log_probs(m(x)).exp()
+        p = p / len(models)
+        if tta:
+            p = (p[: len(idx)] + p[len(idx):]) / 2
+        out.append(p.float().cpu())
+        seen.append(idx)
+    seen = torch.cat(seen).numpy()
+    n = len(loader.dataset)
+    if len(seen) != n or not np.array_equal(seen, np.arange(n)):
+        raise RuntimeError(f"prediction scored {len(seen)} of {n} rows or out of order: refusing to continue")
+    return torch.cat(out).numpy()
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return f
+
+
+# ------------------------------------------------------------------------------------------------- fit
+def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images: np.ndarray,
+        val_images: np.ndarray, out_dir: str | Path, resume: bool = False) -> dict:
+    """Trains one fold, validating every epoch; writes metrics.csv, last.pt, best.pt and val predictions.
+
+    Each epoch seeds its shuffling, augmentation and dropout from (seed, epoch), so a run resumed from last.pt
+    ends exactly as an uninterrupted one would (on CPU).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rt = Runtime(cfg)
+    seed_everything(cfg.seed)
+    model = rt.prepare(create_model(cfg.backbone, cfg.heads, cfg.pretrained, cfg.drop_rate))
+    train_targets = targets_of(train_df)
+    loss_fn = TaskLoss(cfg, train_targets).to(rt.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_df) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+    train_ds = ImageArrayDataset(train_images, train_targets, create_train_transform(cfg.augment))
+    val_loader = make_loader(ImageArrayDataset(val_images, targets_of(val_df)), cfg.batch_size * 2, train=False,
+                             num_workers=cfg.num_workers, pin_memory=rt.pin_memory)
+    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if resume and last_path.exists():
+        ckpt = torch.load(last_path, map_location=rt.device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        rt.scaler.load_state_dict(ckpt["scaler"])
+        state = ckpt["state"]
+        log.info("resumed %s after epoch %d", out_dir, state["epoch"])
+
+    val_labels = val_df["label"].to_numpy()
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        epoch = state["epoch"]
+        seed_everything(cfg.seed * 1000 + epoch)
+        train_ds.seed = cfg.seed * 1000 + epoch
+        loader = make_loader(train_ds, cfg.batch_size, train=True, num_workers=cfg.num_workers,
+                             seed=cfg.seed * 1000 + epoch, pin_memory=rt.pin_memory)
+        stats = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, desc=f"epoch {epoch + 1}")
+        probs = predict_probs(model, val_loader, rt, tta=False, desc="validate")
+        val_loss = float(-np.log(np.clip(probs[np.arange(len(probs)), val_labels], 1e-12, None)).mean())
+        row = {"epoch": epoch + 1, **stats, "val_loss": val_loss, **score(val_labels, probs),
+               "lr": optimizer.param_groups[0]["lr"]}
+        state["history"].append(row)
+        improved = row["f1"] > state["best_f1"]
+        if improved:
+            state.update(best_f1=row["f1"], best_epoch=epoch + 1, bad_epochs=0)
+            save_torch(best_path, {"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
+                                   "metrics": row})
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        save_torch(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "scaler": rt.scaler.state_dict(),
+                               "state": state, "config": cfg.to_dict()})
+        write_csv(out_dir / "metrics.csv", pd.DataFrame(state["history"]))
+        log.info("epoch %d: loss %.4f  val f1 %.4f (mask %.3f gender %.3f age %.3f)  %.1f img/s%s", epoch + 1,
+                 row["train_loss"], row["f1"], row["f1_mask"], row["f1_gender"], row["f1_age"],
+                 row["train_img_per_s"], "  *best" if improved else "")
+    return finish_fold(cfg, out_dir, val_df, val_loader, rt, state)
+
+
+def finish_fold(cfg, out_dir: Path, val_df, val_loader, rt: Runtime, state: dict) -> dict:
+    """Scores the best checkpoint on the whole validation fold (with TTA when configured) and saves the evidence."""
+    from .plots import confusion_matrix_figure, learning_curves_figure, save
+
+    model = rt.prepare(load_checkpoint(out_dir / "best.pt", rt.device)[0])
+    probs = predict_probs(model, val_loader, rt, tta=cfg.tta, desc="validate best")
+    labels = val_df["label"].to_numpy()
+    result = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "n_val_images": len(val_df),
+              "n_val_persons": int(val_df["person"].nunique()), "tta": cfg.tta, **score(labels, probs)}
+    pred = val_df[["person", "path", "label"]].copy()
+    pred["pred"] = probs.argmax(1)
+    for k in range(NUM_CLASSES):
+        pred[f"p{k}"] = probs[:, k].round(5)
+    write_csv(out_dir / "val_predictions.csv", pred)
+    write_json(out_dir / "summary.json", result)
+    save(confusion_matrix_figure(confusion(labels, probs), cfg.age_bounds), out_dir / "confusion_matrix.png")
+    save(learning_curves_figure(pd.DataFrame(state["history"])), out_dir / "learning_curves.png")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    return result
+
+
+def load_checkpoint(path: str | Path, device="cpu") -> tuple[MaskClassifier, Config]:
+    """Rebuilds the model from the config stored inside the checkpoint (no weights are fetched)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    cfg = Config.from_dict(ckpt["config"], source=str(path))
+    model = create_model(cfg.backbone, cfg.heads, pretrained="none", drop_rate=cfg.drop_rate)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit backbone {cfg.backbone!r} / heads {cfg.heads!r}: "
+                         f"{str(err).splitlines()[0]}") from None
+    return model.to(device).eval(), cfg

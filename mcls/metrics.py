@@ -1,0 +1,28 @@
+"""Scores: macro F1 over the 18 classes (the competition metric) and per head."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from .labels import NUM_CLASSES, decode
+
+
+def score(labels, probs) -> dict[str, float]:
+    """labels: (N,) true classes; probs: (N, 18). Macro F1 is over the classes present in truth or prediction."""
+    labels = np.asarray(labels)
+    pred = np.asarray(probs).argmax(1)
+    out = {"f1": f1_score(labels, pred, average="macro", zero_division=0), "acc": accuracy_score(labels, pred)}
+    for name, t, p in zip(("mask", "gender", "age"), decode(labels), decode(pred)):
+        out[f"f1_{name}"] = f1_score(t, p, average="macro", zero_division=0)
+        out[f"acc_{name}"] = accuracy_score(t, p)
+    age_t, age_p = decode(labels)[2], decode(pred)[2]
+    out["f1_old"] = f1_score(age_t == 2, age_p == 2, zero_division=0)  # the small >=60 band
+    return {k: float(v) for k, v in out.items()}
+
+
+def per_class_f1(labels, probs) -> np.ndarray:
+    return f1_score(labels, np.asarray(probs).argmax(1), labels=range(NUM_CLASSES), average=None, zero_division=0)
+
+
+def confusion(labels, probs) -> np.ndarray:
+    return confusion_matrix(labels, np.asarray(probs).argmax(1), labels=range(NUM_CLASSES))

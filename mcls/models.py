@@ -1,0 +1,89 @@
+"""timm backbone + task heads. The model owns its input normalisation, so a checkpoint is all inference needs."""
+from __future__ import annotations
+
+import warnings
+
+import timm
+import torch
+from torch import nn
+
+from .labels import HEAD_SIZES, NUM_CLASSES, decode
+from .weights import REGISTRY, has_offline_weights, load_offline_weights, warn_no_offline_weights
+
+HEAD_TYPES = ("multi", "single")
+
+
+class MaskClassifier(nn.Module):
+    """Takes images as uint8 or float in [0, 1], NCHW; returns a dict of logits per head.
+
+    heads="multi": {"mask": (N,3), "gender": (N,2), "age": (N,3)}; heads="single": {"class": (N,18)}.
+    """
+
+    def __init__(self, backbone: nn.Module, heads: str, mean, std, drop_rate: float = 0.0):
+        super().__init__()
+        if heads not in HEAD_TYPES:
+            raise ValueError(f"unknown heads {heads!r}; valid: {HEAD_TYPES}")
+        self.backbone, self.head_type = backbone, heads
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        width = backbone.num_features
+        sizes = HEAD_SIZES if heads == "multi" else {"class": NUM_CLASSES}
+        self.dropout = nn.Dropout(drop_rate)
+        self.heads = nn.ModuleDict({k: nn.Linear(width, n) for k, n in sizes.items()})
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.dropout(self.backbone(self.normalise(x)))
+        return {k: head(features) for k, head in self.heads.items()}
+
+
+_MASK, _GENDER, _AGE = (torch.as_tensor(a) for a in decode(torch.arange(NUM_CLASSES).numpy()))
+
+
+def class_log_probs(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, 18) log-probabilities; three heads combine as log p(mask) + log p(gender) + log p(age)."""
+    if "class" in outputs:
+        return outputs["class"].float().log_softmax(-1)
+    lm, lg, la = (outputs[k].float().log_softmax(-1) for k in ("mask", "gender", "age"))
+    dev = lm.device
+    return lm[:, _MASK.to(dev)] + lg[:, _GENDER.to(dev)] + la[:, _AGE.to(dev)]
+
+
+def head_probs(class_probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-head marginals of an (N, 18) probability table."""
+    p = class_probs.view(-1, 3, 2, 3)
+    return {"mask": p.sum((2, 3)), "gender": p.sum((1, 3)), "age": p.sum((1, 2))}
+
+
+def create_model(backbone: str = "tf_efficientnet_lite0", heads: str = "multi", pretrained: str = "offline",
+                 drop_rate: float = 0.2) -> MaskClassifier:
+    """Builds a MaskClassifier; `pretrained` is offline | timm | none | a path to a state_dict of the backbone."""
+    if backbone not in timm.list_models():
+        close = timm.list_models(f"*{backbone[:6]}*")[:10]
+        raise ValueError(f"unknown backbone {backbone!r}; similar timm names: {close}")
+    mode = pretrained
+    if mode == "offline" and not has_offline_weights(backbone):
+        warn_no_offline_weights(backbone)
+        mode = "none"
+    net = timm.create_model(backbone, pretrained=(mode == "timm"), num_classes=1000 if mode == "offline" else 0)
+    data_cfg = timm.data.resolve_model_data_config(net)
+    mean, std = data_cfg["mean"], data_cfg["std"]
+    if mode == "offline":
+        entry = load_offline_weights(net, backbone)
+        mean, std = entry.mean, entry.std
+        net.reset_classifier(0)
+    elif mode not in ("timm", "none"):
+        state = torch.load(mode, map_location="cpu", weights_only=True)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing:
+            raise ValueError(f"{mode}: weights do not fit {backbone}: missing {missing[:5]}...")
+        if unexpected:
+            warnings.warn(f"{mode}: ignored keys not in {backbone}: {unexpected[:5]}", stacklevel=2)
+    return MaskClassifier(net, heads, mean, std, drop_rate)
+
+
+def offline_backbones() -> list[str]:
+    return sorted(REGISTRY)

@@ -1,0 +1,53 @@
+"""Result figures, saved as PNG so a headless run leaves the same evidence as an interactive one."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline", "nbagg", "widget", "ipympl")):
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+from .labels import class_names  # noqa: E402
+
+
+def save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    return path
+
+
+def confusion_matrix_figure(cm: np.ndarray, age_bounds=(30, 60), title: str = "validation confusion matrix"):
+    fig, ax = plt.subplots(figsize=(11, 9))
+    names = class_names(age_bounds)
+    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, xticklabels=names, yticklabels=names, ax=ax,
+                annot_kws={"size": 7})
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    ax.tick_params(labelsize=7)
+    return fig
+
+
+def learning_curves_figure(history: pd.DataFrame):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
+    if "val_loss" in history:
+        axes[0].plot(history["epoch"], history["val_loss"], marker="o", label="validation loss")
+    axes[0].set_xlabel("epoch")
+    axes[0].legend()
+    for col in ("f1", "f1_mask", "f1_gender", "f1_age", "f1_old"):
+        if col in history:
+            axes[1].plot(history["epoch"], history[col], marker="o", label=col)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("validation macro F1")
+    axes[1].set_ylim(0, 1.02)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,106 @@
+"""Prediction: fold ensembles with flip TTA, a checked submission writer, and predicting any image folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import Config
+from .data import list_images, load_eval_table
+from .dataset import ImageArrayDataset, make_loader
+from .engine import Runtime, load_checkpoint, predict_probs
+from .images import load_images
+from .io import write_csv
+from .labels import NUM_CLASSES, age_band_names, decode, GENDERS, MASK_STATES
+
+
+class SubmissionError(ValueError):
+    pass
+
+
+def find_checkpoints(run: str | Path) -> list[Path]:
+    """A checkpoint file itself, or every fold's best.pt inside a run folder (the fold ensemble)."""
+    run = Path(run)
+    if run.is_file():
+        return [run]
+    found = sorted(run.glob("fold*/best.pt"))
+    if not found:
+        raise FileNotFoundError(f"{run}: no fold*/best.pt checkpoints (is it a run folder from `mcls train`?)")
+    return found
+
+
+def load_ensemble(checkpoints, device) -> tuple[list, Config]:
+    """Models from checkpoints that must agree on input size; returns (models, config of the first)."""
+    models, cfgs = zip(*(load_checkpoint(p, device) for p in checkpoints))
+    sizes = {c.img_size for c in cfgs}
+    if len(sizes) > 1:
+        raise ValueError(f"checkpoints disagree on img_size {sorted(sizes)}; ensemble models of one size")
+    return list(models), cfgs[0]
+
+
+def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "auto", batch_size: int = 64,
+                  on_bad_image: str = "error") -> tuple[np.ndarray, list[int]]:
+    """(N, 18) probabilities for image files, prepared exactly as validation images are. Never shuffles."""
+    rt = Runtime(Config(device=device))
+    models, cfg = load_ensemble(checkpoints, rt.device)
+    models = [rt.prepare(m) for m in models]
+    images, bad = load_images(paths, cfg.img_size, on_bad_image)
+    loader = make_loader(ImageArrayDataset(images), batch_size, train=False)
+    return predict_probs(models, loader, rt, tta=cfg.tta if tta is None else tta), bad
+
+
+def check_submission(sub: pd.DataFrame, info: pd.DataFrame, where: str = "submission") -> None:
+    """Refuses a submission whose rows are not info.csv's rows in order, or whose classes are not 0..17."""
+    problems = []
+    if list(sub.columns) != ["ImageID", "ans"]:
+        problems.append(f"columns are {list(sub.columns)}, expected ['ImageID', 'ans']")
+    if len(sub) != len(info):
+        problems.append(f"{len(sub)} rows, info.csv has {len(info)}")
+    elif "ImageID" in sub and not np.array_equal(sub["ImageID"].to_numpy(), info["ImageID"].to_numpy()):
+        first = int(np.argmax(sub["ImageID"].to_numpy() != info["ImageID"].to_numpy()))
+        problems.append(f"row order differs from info.csv from row {first + 2} on")
+    if "ans" in sub:
+        ans = pd.to_numeric(sub["ans"], errors="coerce")
+        bad = ~ans.between(0, NUM_CLASSES - 1) | (ans % 1 != 0)
+        if bad.any():
+            problems.append(f"{int(bad.sum())} answer(s) outside the classes 0..{NUM_CLASSES - 1}")
+    if problems:
+        raise SubmissionError(f"{where}: refusing to write: " + "; ".join(problems))
+
+
+def write_submission(data_dir: str | Path, run: str | Path, out: str | Path | None = None, tta: bool | None = None,
+                     device: str = "auto") -> Path:
+    """Predicts eval/info.csv with the run's fold ensemble; writes `ImageID,ans` in info.csv's exact order."""
+    info = load_eval_table(data_dir)
+    checkpoints = find_checkpoints(run)
+    probs, _ = predict_paths(info["path"], checkpoints, tta=tta, device=device)
+    sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": probs.argmax(1).astype(int)})
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+    out = Path(out) if out else run_dir / "submission.csv"
+    check_submission(sub, info, str(out))
+    write_csv(out, sub)
+    return out
+
+
+def predictions_table(paths, probs: np.ndarray, age_bounds=(30, 60)) -> pd.DataFrame:
+    """path, class, mask, gender, age band (as names) and the 18 probabilities."""
+    cls = probs.argmax(1)
+    mask, gender, band = decode(cls)
+    ages = age_band_names(age_bounds)
+    df = pd.DataFrame({"path": [str(p) for p in paths], "class": cls,
+                       "mask": [MASK_STATES[m] for m in mask], "gender": [GENDERS[g] for g in gender],
+                       "age_band": [ages[a] for a in band]})
+    return pd.concat([df, pd.DataFrame(probs.round(5), columns=[f"p{k}" for k in range(NUM_CLASSES)])], axis=1)
+
+
+def predict_folder(folder: str | Path, run: str | Path, out: str | Path, tta: bool | None = None,
+                   device: str = "auto", on_bad_image: str = "error") -> Path:
+    """Predicts every image under `folder` into a CSV; unreadable files are listed (skip) or stop the run (error)."""
+    paths = list_images(folder)
+    checkpoints = find_checkpoints(run)
+    probs, bad = predict_paths(paths, checkpoints, tta=tta, device=device, on_bad_image=on_bad_image)
+    keep = np.setdiff1d(np.arange(len(paths)), bad)
+    cfg = load_checkpoint(checkpoints[0])[1]
+    write_csv(out, predictions_table([paths[i] for i in keep], probs[keep], cfg.age_bounds))
+    return Path(out)

@@ -1,0 +1,56 @@
+"""Training a run: data table -> folds -> one cached image array -> fit per fold -> run summary."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from .config import Config
+from .data import data_fingerprint, load_train_table
+from .engine import fit
+from .folds import assign_folds
+from .images import load_images
+from .io import write_json
+from .runs import open_run, write_run_info
+
+log = logging.getLogger(__name__)
+
+
+def load_training_data(cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
+    """The image table (with a `fold` column) and its decoded images; unreadable images dropped if on_bad_image=skip."""
+    table = load_train_table(cfg.data_dir, cfg.age_bounds, cfg.train_old_age, cfg.relabel_file or None)
+    images, bad = load_images(table["path"], cfg.img_size, cfg.on_bad_image)
+    if bad:
+        keep = np.setdiff1d(np.arange(len(table)), bad)
+        table, images = table.iloc[keep].reset_index(drop=True), images[keep]
+    table["fold"] = assign_folds(table, cfg.n_folds, cfg.seed)
+    return table, images
+
+
+def train(cfg: Config, resume: bool = False) -> dict:
+    """Trains `cfg.fold` (or every fold when fold=-1) into the run folder; returns the run summary."""
+    cfg, run_dir = open_run(cfg.resolved(), resume=resume)
+    table, images = load_training_data(cfg)
+    write_run_info(run_dir, data_fingerprint(table), len(table))
+    folds = range(cfg.n_folds) if cfg.fold == -1 else [cfg.fold]
+    results = {}
+    for k in folds:
+        is_val = (table["fold"] == k).to_numpy()
+        log.info("fold %d: %d training / %d validation images", k, (~is_val).sum(), is_val.sum())
+        results[k] = fit(cfg, table[~is_val].reset_index(drop=True), table[is_val].reset_index(drop=True),
+                         images[~is_val], images[is_val], run_dir / f"fold{k}", resume=resume)
+    summary = summarise_folds(results)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def summarise_folds(results: dict[int, dict]) -> dict:
+    """Mean (and spread) of each fold metric; `folds` lists the folds behind it."""
+    df = pd.DataFrame(results.values())
+    keys = [c for c in df.columns if c.startswith(("f1", "acc"))]
+    out = {k: float(df[k].mean()) for k in keys}
+    out.update({f"{k}_std": float(df[k].std(ddof=0)) for k in ("f1", "f1_age", "f1_old")})
+    out["folds"] = list(results)
+    out["per_fold"] = {str(k): v for k, v in results.items()}
+    return out
