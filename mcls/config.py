@@ -183,6 +183,11 @@ def _coerce(value: Any, hint: Any) -> Any:
             raise TypeError("expected an integer")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise TypeError("expected a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError("expected a number")
         return float(value)

@@ -24,7 +24,7 @@ class ImageArrayDataset(Dataset):
             # Seeding per (epoch seed, item) makes augmentation independent of worker count and of resuming.
             self.transform.set_random_seed((self.seed * 1_000_003 + int(i)) % 2**32)
             img = self.transform(image=img)["image"]
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        x = torch.from_numpy(np.array(img, copy=not img.flags.writeable)).permute(2, 0, 1)
         return x, torch.as_tensor(self.targets[i], dtype=torch.long), i
 
 

@@ -1,0 +1,36 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+# A tiny random-init timm model: the same code path as real backbones, seconds per epoch on the sample.
+TINY = dict(backbone="test_efficientnet", pretrained="none", img_size=48, batch_size=16, n_folds=4, epochs=1,
+            num_workers=0, tta=True)
+
+
+@pytest.fixture
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture
+def sample_copy(tmp_path) -> Path:
+    """A writable copy of data/sample for tests that break or relabel it."""
+    dst = tmp_path / "data"
+    shutil.copytree(SAMPLE, dst)
+    for p in dst.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return dst
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, sample_dir):
+    from mcls.config import Config
+
+    return Config(data_dir=str(sample_dir), run_dir=str(tmp_path / "run"), **TINY)

@@ -1,0 +1,29 @@
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "mcls", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_folds_command():
+    r = run("folds", "data_dir=data/sample", "n_folds=4")
+    assert r.returncode == 0 and "All" in r.stdout
+
+
+def test_check_command():
+    r = run("check", "data_dir=data/sample")
+    assert r.returncode == 0 and "48 persons, 336 training images, 21 eval images, 0 unreadable" in r.stdout
+
+
+def test_bad_config_is_a_clear_error():
+    r = run("train", "data_dir=data/sample", "epochz=3", "lr=fast")
+    assert r.returncode == 2 and "unknown key 'epochz'" in r.stderr and "lr='fast'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    r = run("train", f"data_dir={tmp_path}", f"run_dir={tmp_path / 'run'}")
+    assert r.returncode == 2 and "train.csv" in r.stderr and "file not found" in r.stderr

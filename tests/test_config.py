@@ -1,0 +1,50 @@
+import pytest
+
+from mcls.config import Config, ConfigError, load_config, parse_overrides
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["epochs=3", "lr=3e-4", "age_bounds=[25,60]", "tta=false", "backbone=mobilenetv2_100"])
+    assert cfg.epochs == 3 and cfg.lr == 3e-4 and cfg.age_bounds == [25, 60] and cfg.tta is False
+
+
+def test_every_problem_is_listed():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["epochs=many", "no_such_key=1", "tta=maybe"])
+    msg = str(err.value)
+    assert "epochs" in msg and "no_such_key" in msg and "tta" in msg and "valid keys" in msg
+
+
+def test_bad_choice_is_reported():
+    with pytest.raises(ConfigError, match="heads"):
+        load_config(None, ["heads=triple"])
+    with pytest.raises(ConfigError, match="train_old_age"):
+        load_config(None, ["train_old_age=70"])
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = Config(epochs=2, loss="focal", loss_weights=[1.0, 0.5, 2.0])
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert Config.from_yaml(path) == cfg
+    assert load_config(path, ["epochs=5"]).epochs == 5
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: [1\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        Config.from_yaml(path)
+    path.write_text("batch_size: '32'\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*batch_size"):
+        Config.from_yaml(path)
+
+
+def test_override_syntax():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["epochs"])
+
+
+def test_smoke_shrinks_the_run():
+    cfg = Config(smoke=True, epochs=10, img_size=224).resolved()
+    assert cfg.epochs == 1 and cfg.img_size == 64

@@ -1,0 +1,67 @@
+"""Prediction never shuffles, scores every image, and the submission writer refuses anything out of order."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from mcls.dataset import ImageArrayDataset, make_loader
+from mcls.engine import Runtime, load_checkpoint, predict_probs
+from mcls.predict import SubmissionError, check_submission, predict_folder, write_submission
+from mcls.config import Config
+from mcls.train import train
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from conftest import SAMPLE, TINY
+
+    run = tmp_path_factory.mktemp("pred") / "run"
+    train(Config(data_dir=str(SAMPLE), run_dir=str(run), **TINY))
+    return run
+
+
+def test_submission_rows_follow_info_csv(trained_run, sample_dir):
+    out = write_submission(sample_dir, trained_run)
+    sub, info = pd.read_csv(out), pd.read_csv(sample_dir / "eval" / "info.csv")
+    assert list(sub.columns) == ["ImageID", "ans"] and list(sub["ImageID"]) == list(info["ImageID"])
+    assert sub["ans"].between(0, 17).all()
+
+
+def test_submission_matches_per_image_prediction(trained_run, sample_dir):
+    """Each row's answer is that very image's prediction: a shuffled loader would break this."""
+    sub = pd.read_csv(write_submission(sample_dir, trained_run, out=trained_run / "s.csv", tta=False))
+    model, cfg = load_checkpoint(trained_run / "fold0" / "best.pt")
+    from mcls.images import load_resized
+
+    for image_id, ans in zip(sub["ImageID"][:5], sub["ans"][:5]):
+        image = load_resized(sample_dir / "eval" / "images" / image_id, cfg.img_size)[None]
+        probs = predict_probs(model, make_loader(ImageArrayDataset(image), 1, train=False), Runtime(cfg))
+        assert probs.argmax() == ans
+
+
+def test_checker_refuses_bad_submissions(sample_dir):
+    info = pd.read_csv(sample_dir / "eval" / "info.csv")
+    good = pd.DataFrame({"ImageID": info["ImageID"], "ans": 0})
+    check_submission(good, info)
+    with pytest.raises(SubmissionError, match="row order"):
+        check_submission(good.iloc[::-1].reset_index(drop=True), info)
+    with pytest.raises(SubmissionError, match="rows"):
+        check_submission(good.iloc[:-1], info)
+    with pytest.raises(SubmissionError, match="outside"):
+        check_submission(good.assign(ans=18), info)
+
+
+def test_prediction_scores_every_row_with_partial_last_batch():
+    """A validation loop that drops the last partial batch is impossible: 37 rows in batches of 8."""
+    from mcls.models import create_model
+
+    images = np.random.default_rng(0).integers(0, 255, (37, 32, 32, 3), dtype=np.uint8)
+    probs = predict_probs(create_model("test_efficientnet", pretrained="none"),
+                          make_loader(ImageArrayDataset(images), 8, train=False), Runtime(Config()), tta=True)
+    assert probs.shape == (37, 18) and np.allclose(probs.sum(1), 1, atol=1e-4)
+
+
+def test_predict_folder(trained_run, sample_dir, tmp_path):
+    out = predict_folder(sample_dir / "eval" / "images", trained_run, tmp_path / "p.csv")
+    df = pd.read_csv(out)
+    assert len(df) == 21 and {"path", "class", "mask", "gender", "age_band", "p17"} <= set(df.columns)
+    assert np.allclose(df[[f"p{k}" for k in range(18)]].sum(1), 1, atol=1e-3)

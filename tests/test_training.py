@@ -1,0 +1,78 @@
+"""End-to-end on the sample with a tiny backbone: smoke training, resume after SIGKILL, determinism."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mcls.engine import load_checkpoint
+from mcls.runs import RunExistsError
+from mcls.train import train
+
+from conftest import ROOT, TINY
+
+METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "f1", "f1_mask", "f1_gender", "f1_age"]
+
+
+def test_one_epoch_smoke_run_leaves_a_complete_run(tiny_cfg):
+    summary = train(tiny_cfg)
+    run = Path(tiny_cfg.run_dir)
+    for name in ("config.yaml", "run_info.json", "summary.json", "fold0/best.pt", "fold0/last.pt",
+                 "fold0/metrics.csv", "fold0/confusion_matrix.png", "fold0/learning_curves.png",
+                 "fold0/val_predictions.csv"):
+        assert (run / name).is_file(), name
+    assert 0 <= summary["f1"] <= 1 and summary["folds"] == [0]
+    val = pd.read_csv(run / "fold0" / "val_predictions.csv")
+    fold = summary["per_fold"]["0"]
+    # every validation image is scored once, persons are whole
+    assert len(val) == fold["n_val_images"] == 7 * fold["n_val_persons"] and val["path"].is_unique
+    model, cfg = load_checkpoint(run / "fold0" / "best.pt")
+    assert cfg.backbone == "test_efficientnet" and cfg.img_size == 48
+
+
+def test_a_finished_run_is_never_overwritten(tiny_cfg):
+    train(tiny_cfg)
+    before = (Path(tiny_cfg.run_dir) / "fold0" / "best.pt").read_bytes()
+    with pytest.raises(RunExistsError, match="--resume"):
+        train(tiny_cfg)
+    assert (Path(tiny_cfg.run_dir) / "fold0" / "best.pt").read_bytes() == before
+
+
+def test_same_seed_same_metrics(tiny_cfg, tmp_path):
+    a = train(tiny_cfg)
+    b = train(tiny_cfg.updated({"run_dir": str(tmp_path / "again")}))
+    assert a["f1"] == b["f1"] and a["per_fold"]["0"]["acc"] == b["per_fold"]["0"]["acc"]
+
+
+def _cli(run_dir, *extra):
+    args = [f"{k}={v}" for k, v in {**TINY, "epochs": 4, "data_dir": ROOT / "data" / "sample"}.items()]
+    return [sys.executable, "-m", "mcls", "train", f"run_dir={run_dir}", *args, *extra]
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full = tmp_path / "full"
+    subprocess.run(_cli(full), check=True, capture_output=True, env=env, timeout=300)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    metrics = killed / "fold0" / "metrics.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and len(pd.read_csv(metrics)) >= 1):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(pd.read_csv(metrics))
+    assert 1 <= done < 4, "the run was not killed mid-training"
+    assert not list((killed / "fold0").glob(".*.tmp"))  # no half-written file left behind
+    subprocess.run(_cli(killed, "--resume"), check=True, capture_output=True, env=env, timeout=300)
+    a = pd.read_csv(full / "fold0" / "metrics.csv")[METRIC_COLUMNS]
+    b = pd.read_csv(killed / "fold0" / "metrics.csv")[METRIC_COLUMNS]
+    pd.testing.assert_frame_equal(a, b)
+    sa = torch.load(full / "fold0" / "best.pt", weights_only=False)["model"]
+    sb = torch.load(killed / "fold0" / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
