@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.mcls-installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
+PARAMS ?= notebooks/params/sample.yaml
+
 .PHONY: setup demo test pipeline clean-runs
 
 setup: $(STAMP)
@@ -24,6 +26,9 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(PY) -m mcls demo
+
+pipeline: setup
+	$(PY) -m mcls pipeline --config $(PARAMS) $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q

@@ -82,6 +82,22 @@ def cmd_demo(args) -> None:
     print(f"submission:  {sub}")
 
 
+def cmd_pipeline(args) -> None:
+    from .pipeline import NOTEBOOKS, PipelineError, pipeline_run_dir, run_pipeline
+
+    cfg = _config(args)
+    notebooks = args.only.split(",") if args.only else NOTEBOOKS
+    unknown = sorted(set(notebooks) - set(NOTEBOOKS))
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {unknown}; valid: {list(NOTEBOOKS)}")
+    try:
+        run_pipeline(cfg, notebooks)
+    except PipelineError as err:
+        print(f"mcls pipeline: {err}", file=sys.stderr)
+        sys.exit(1)
+    print(f"executed notebooks, figures, metrics and the submission are in {pipeline_run_dir(cfg)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcls", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -104,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("folds", cmd_folds, "show persons per fold and gender x age cell")
     add("check", cmd_check, "validate a data folder and list every problem")
     add("demo", cmd_demo, "train briefly on data/sample and write a submission")
+    p = add("pipeline", cmd_pipeline, "run the numbered notebooks headless (papermill) into run_dir/notebooks")
+    p.add_argument("--only", help="comma-separated notebook names, e.g. 00_eda,03_train")
     p = sub.add_parser("runs", help="list runs with key metrics and differing config keys")
     p.add_argument("runs_dir", nargs="?", default="runs")
     p.set_defaults(fn=cmd_runs)

@@ -51,3 +51,25 @@ def learning_curves_figure(history: pd.DataFrame):
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def fold_scores_figure(per_fold: pd.DataFrame):
+    """Bars of macro F1 (18-class and per head) for each validation fold."""
+    cols = [c for c in ("f1", "f1_mask", "f1_gender", "f1_age", "f1_old") if c in per_fold]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    per_fold[cols].astype(float).plot.bar(ax=ax)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("fold")
+    ax.set_ylabel("validation macro F1")
+    ax.legend(fontsize=8, ncol=len(cols))
+    return fig
+
+
+def class_distribution_figure(counts: pd.Series, title: str):
+    fig, ax = plt.subplots(figsize=(10, 3))
+    ax.bar(counts.index, counts.to_numpy())
+    ax.set_xticks(counts.index)
+    ax.set_xlabel("class")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    return fig
