@@ -1,0 +1,94 @@
+"""One papermill run per notebook on data/sample with smoke parameters, asserting on what each one leaves behind."""
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from mcls.config import Config
+from mcls.pipeline import NOTEBOOK_DIR, NOTEBOOKS, PipelineError, ensure_kernel, run_pipeline
+from mcls.train import train
+
+from conftest import ROOT, SAMPLE, TINY
+
+NOTEBOOK_FILES = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def execute(name: str, run_dir: Path, **params) -> Path:
+    import papermill as pm
+
+    out = run_dir / "notebooks" / f"{name}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out), kernel_name=ensure_kernel(), cwd=str(ROOT),
+                        progress_bar=False, parameters={"data_dir": str(SAMPLE), "run_dir": str(run_dir),
+                                                        "smoke": True, **params})
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("nb") / "run"
+    train(Config(data_dir=str(SAMPLE), run_dir=str(run), **TINY))
+    return run
+
+
+def metrics(run_dir: Path, name: str) -> dict:
+    return json.loads((run_dir / name / "metrics.json").read_text())
+
+
+def test_00_eda(tmp_path):
+    execute("00_eda", tmp_path)
+    m = metrics(tmp_path, "00_eda")
+    assert m["persons"] == 48 and m["images"] == 336 and sum(m["images_per_class"]) == 336
+    assert m["folder_problems"] == 0 and set(m["extensions"]) == {".jpg", ".jpeg", ".png"}
+    for fig in ("class_counts", "age_histogram", "class_grid", "rgb_histograms"):
+        assert (tmp_path / "00_eda" / f"{fig}.png").stat().st_size > 1000
+
+
+def test_03_train(tmp_path):
+    execute("03_train", tmp_path, backbone="test_efficientnet", pretrained="none", n_folds=4)
+    m = metrics(tmp_path, "03_train")
+    assert 0 <= m["f1"] <= 1 and m["folds"] == [0]
+    assert (tmp_path / "fold0" / "best.pt").is_file() and (tmp_path / "03_train" / "fold_scores.png").is_file()
+    assert Config.from_yaml(tmp_path / "config.yaml").epochs == 1  # smoke reached the package
+
+
+def test_05_submission(trained_run):
+    execute("05_submission", trained_run)
+    sub = pd.read_csv(trained_run / "submission.csv")
+    info = pd.read_csv(SAMPLE / "eval" / "info.csv")
+    assert list(sub["ImageID"]) == list(info["ImageID"])
+    m = metrics(trained_run, "05_submission")
+    assert m["rows"] == 21 and sum(m["predicted_class_counts"]) == 21
+    assert (trained_run / "05_submission" / "predicted_classes.png").is_file()
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_committed_notebooks_are_clean(path):
+    book = nbformat.read(path, as_version=4)
+    code = [c for c in book.cells if c.cell_type == "code"]
+    assert not any(c.get("outputs") or c.get("execution_count") for c in code), f"{path.name} carries outputs"
+    first = code[0]
+    assert "parameters" in first.metadata.get("tags", []), f"{path.name}: first code cell is not tagged parameters"
+    names = [line.split("=")[0].strip() for line in first.source.splitlines() if "=" in line and line[0] != "#"]
+    assert set(names) - {"config_file"} <= set(Config.field_names()), "parameter names must be Config fields"
+
+
+def test_every_pipeline_notebook_exists():
+    assert {p.stem for p in NOTEBOOK_FILES} == set(NOTEBOOKS)
+
+
+def test_pipeline_stops_with_the_cell_and_resumes(tmp_path, trained_run):
+    cfg = Config(data_dir=str(SAMPLE), run_dir=str(tmp_path / "pipe"), smoke=True)
+    with pytest.raises(PipelineError, match=r"05_submission failed in cell \d+ .*FileNotFoundError.*resume"):
+        run_pipeline(cfg, ("00_eda", "05_submission"), log=lambda *_: None)
+    shutil.copytree(trained_run / "fold0", tmp_path / "pipe" / "fold0")  # the missing model arrives
+    lines = []
+    run_pipeline(cfg, ("00_eda", "05_submission"), log=lines.append)
+    assert "kept" in lines[0] and "done in" in lines[-1]
+    assert (tmp_path / "pipe" / "notebooks" / "05_submission.ipynb").is_file()
+    assert (tmp_path / "pipe" / "submission.csv").is_file()
+    with pytest.raises(PipelineError, match="other parameters"):
+        run_pipeline(cfg.updated({"img_size": 32}), ("00_eda",))
