@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,10 +105,12 @@ def load_train_table(data_dir: str | Path, age_bounds=(30, 60), train_old_age: i
         persons = apply_relabels(persons, read_relabels(relabel_file))
     swapped = set(persons.loc[persons["swap_normal_incorrect"], "id"]) if "swap_normal_incorrect" in persons else set()
     image_root = data_dir / "train" / "images"
-    rows, problems = [], []
+    rows, problems, mixed = [], [], []
     for p in persons.itertuples(index=False):
         found, person_problems = person_images(image_root / p.path)
         problems += person_problems
+        if len({f.suffix.lower() for f in found.values()}) > 1:
+            mixed.append(p.path)
         for stem, path in found.items():
             mask = FILE_MASK[stem]
             if p.id in swapped and mask in (1, 2):
@@ -115,6 +118,9 @@ def load_train_table(data_dir: str | Path, age_bounds=(30, 60), train_old_age: i
             rows.append((p.id, str(path), stem, mask, GENDERS.index(p.gender), p.age, p.race))
     if problems:
         raise DataError(image_root, problems)
+    if mixed:
+        # Readable as they are, but usually a sign of files copied in from elsewhere: say so, do not stop.
+        warnings.warn(f"{image_root}: {len(mixed)} person folder(s) mix file extensions: {mixed[:10]}", stacklevel=2)
     df = pd.DataFrame(rows, columns=["person", "path", "stem", "mask", "gender", "age", "race"])
     df["age_band"] = age_band(df["age"], age_bounds)
     df["label"] = encode(df["mask"], df["gender"], df["age_band"])

@@ -77,9 +77,12 @@ def create_model(backbone: str = "tf_efficientnet_lite0", heads: str = "multi", 
         net.reset_classifier(0)
     elif mode not in ("timm", "none"):
         state = torch.load(mode, map_location="cpu", weights_only=True)
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches raise even with strict=False
+            missing, unexpected = [str(err).splitlines()[1].strip()], []
         if missing:
-            raise ValueError(f"{mode}: weights do not fit {backbone}: missing {missing[:5]}...")
+            raise ValueError(f"{mode}: weights do not fit backbone {backbone!r}: {missing[:3]}")
         if unexpected:
             warnings.warn(f"{mode}: ignored keys not in {backbone}: {unexpected[:5]}", stacklevel=2)
     return MaskClassifier(net, heads, mean, std, drop_rate)
