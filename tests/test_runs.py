@@ -1,0 +1,37 @@
+"""Run records: what a run was made from, `mcls runs`, and the optional MLflow tracker."""
+import json
+
+import pytest
+
+from mcls.runs import list_runs
+from mcls.train import train
+
+
+def test_run_records_and_listing(tiny_cfg, tmp_path):
+    train(tiny_cfg)
+    train(tiny_cfg.updated({"run_dir": str(tmp_path / "run2"), "loss": "focal"}))
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert len(info["data_fingerprint"]) == 16 and {"commit", "dirty"} <= set(info["git"])
+    df = list_runs(tmp_path)
+    assert list(df["run"]) == ["run", "run2"] and "loss" in df.columns and "epochs" not in df.columns
+    assert df["f1"].between(0, 1).all() and df["data"].nunique() == 1
+
+
+def test_data_fingerprint_changes_with_relabeling(tiny_cfg, tmp_path):
+    from mcls.data import data_fingerprint, load_train_table
+
+    relabels = tmp_path / "relabel.csv"
+    pid = load_train_table(tiny_cfg.data_dir)["person"].iloc[0]
+    relabels.write_text(f"id,field,new,reason\n{pid},age,99,test\n")
+    a = data_fingerprint(load_train_table(tiny_cfg.data_dir))
+    b = data_fingerprint(load_train_table(tiny_cfg.data_dir, relabel_file=relabels))
+    assert a != b
+
+
+def test_mlflow_tracker_logs_to_a_local_store(tiny_cfg, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    train(tiny_cfg.updated({"tracker": "mlflow"}))
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    runs = mlflow.search_runs(experiment_names=["mcls"])
+    assert len(runs) == 1 and runs["params.backbone"][0] == "test_efficientnet"
+    assert 0 <= runs["metrics.f1"][0] <= 1 and "metrics.fold0/train_loss" in runs.columns
