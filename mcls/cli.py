@@ -98,6 +98,20 @@ def cmd_pipeline(args) -> None:
     print(f"executed notebooks, figures, metrics and the submission are in {pipeline_run_dir(cfg)}")
 
 
+def cmd_cam(args) -> None:
+    """CAM grids (PNG) and face-energy figures (cam_energy.json) for a trained run, written into the run folder."""
+    from .cam import inspect_run
+    from .config import Config
+
+    cfg = _config(args)
+    # data_dir only re-roots image paths when given: by default the run's own val_predictions paths are used
+    data_dir = cfg.data_dir if cfg.data_dir != Config().data_dir else None
+    result = inspect_run(args.run, data_dir=data_dir, method=args.method, n=args.n, person=args.person,
+                         max_images=args.max_images, out_dir=args.out, device=cfg.device)
+    print(json.dumps(result["energy"]["heads"], indent=2))
+    print("\n".join(str(p) for p in result["paths"].values()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcls", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -122,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("demo", cmd_demo, "train briefly on data/sample and write a submission")
     p = add("pipeline", cmd_pipeline, "run the numbered notebooks headless (papermill) into run_dir/notebooks")
     p.add_argument("--only", help="comma-separated notebook names, e.g. 00_eda,03_train")
+    p = add("cam", cmd_cam, "GradCAM grids and face-energy figures per head for a trained run (data_dir= re-roots)")
+    p.add_argument("--run", required=True, help="run folder with fold*/best.pt and fold*/val_predictions.csv")
+    p.add_argument("--method", default="gradcam", help="gradcam, gradcam++, eigencam, layercam, ... (mcls.cam.METHODS)")
+    p.add_argument("--n", type=int, default=16, help="misclassified images per head grid")
+    p.add_argument("--person", help="person id for the seven-image grid (default: a random validation person)")
+    p.add_argument("--max-images", type=int, help="measure energy on this many random validation images (default: all)")
+    p.add_argument("--out", help="output folder (default: the run folder)")
     p = sub.add_parser("runs", help="list runs with key metrics and differing config keys")
     p.add_argument("runs_dir", nargs="?", default="runs")
     p.set_defaults(fn=cmd_runs)
