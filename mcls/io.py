@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +45,17 @@ def save_torch(path: str | Path, obj) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def keep_previous(path: str | Path, new_text: str) -> Path | None:
+    """Before `path` is replaced by different content, moves the old file to <stem>.<mtime><suffix>; returns it."""
+    path = Path(path)
+    if not path.exists() or path.read_text() == new_text:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    backup = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    os.replace(path, backup)
+    return backup
 
 
 def _jsonable(x):

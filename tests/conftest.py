@@ -34,3 +34,14 @@ def tiny_cfg(tmp_path, sample_dir):
     from mcls.config import Config
 
     return Config(data_dir=str(sample_dir), run_dir=str(tmp_path / "run"), **TINY)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One tiny trained run (fold 0 of 4) shared by the tests that only read it or add their own outputs."""
+    from mcls.config import Config
+    from mcls.train import train
+
+    run = tmp_path_factory.mktemp("shared") / "run"
+    train(Config(data_dir=str(SAMPLE), run_dir=str(run), **TINY))
+    return run

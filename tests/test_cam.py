@@ -8,9 +8,7 @@ import torch
 
 from mcls.cam import (METHODS, HeadView, cam_maps, central_box, energy_share, get_method, inspect_run, lower_half,
                       overlay, regions)
-from mcls.config import Config
 from mcls.models import MaskClassifier
-from mcls.train import train
 
 
 def tiny_model(backbone: str, heads: str = "multi", **kwargs) -> MaskClassifier:
@@ -80,15 +78,6 @@ def test_energy_share_is_exact_on_a_synthetic_map():
     boxes = regions(100, 100)
     assert boxes["face"] == (0, 0, 100, 100) and boxes["face_lower"] == (0, 50, 100, 100)
     assert energy_share(np.ones((100, 100)), boxes["center"]) == pytest.approx(0.6, abs=0.01)
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    from conftest import SAMPLE, TINY
-
-    run = tmp_path_factory.mktemp("cam") / "run"
-    train(Config(data_dir=str(SAMPLE), run_dir=str(run), **TINY))
-    return run
 
 
 def test_inspect_run_writes_grids_and_energy(trained_run, sample_dir):

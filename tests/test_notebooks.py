@@ -9,9 +9,8 @@ import pytest
 
 from mcls.config import Config
 from mcls.pipeline import NOTEBOOK_DIR, NOTEBOOKS, PipelineError, ensure_kernel, run_pipeline
-from mcls.train import train
 
-from conftest import ROOT, SAMPLE, TINY
+from conftest import ROOT, SAMPLE
 
 NOTEBOOK_FILES = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
@@ -25,13 +24,6 @@ def execute(name: str, run_dir: Path, **params) -> Path:
                         progress_bar=False, parameters={"data_dir": str(SAMPLE), "run_dir": str(run_dir),
                                                         "smoke": True, **params})
     return out
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("nb") / "run"
-    train(Config(data_dir=str(SAMPLE), run_dir=str(run), **TINY))
-    return run
 
 
 def metrics(run_dir: Path, name: str) -> dict:
@@ -92,3 +84,12 @@ def test_pipeline_stops_with_the_cell_and_resumes(tmp_path, trained_run):
     assert (tmp_path / "pipe" / "submission.csv").is_file()
     with pytest.raises(PipelineError, match="other parameters"):
         run_pipeline(cfg.updated({"img_size": 32}), ("00_eda",))
+
+
+def test_04_gradcam(trained_run):
+    execute("04_gradcam", trained_run, cam_images=4)
+    energy = metrics(trained_run, "04_gradcam")["cam_energy"]
+    assert set(energy["heads"]) == {"mask", "gender", "age"} and energy["n_images"] > 0
+    assert all(0 <= v <= 1 for head in energy["heads"].values() for v in head.values() if v is not None)
+    pngs = sorted(p.name for p in (trained_run / "04_gradcam").glob("cam_gradcam_*.png"))
+    assert any("misclassified_mask" in p for p in pngs) and any("person" in p for p in pngs)

@@ -7,16 +7,6 @@ from mcls.dataset import ImageArrayDataset, make_loader
 from mcls.engine import Runtime, load_checkpoint, predict_probs
 from mcls.predict import SubmissionError, check_submission, predict_folder, write_submission
 from mcls.config import Config
-from mcls.train import train
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    from conftest import SAMPLE, TINY
-
-    run = tmp_path_factory.mktemp("pred") / "run"
-    train(Config(data_dir=str(SAMPLE), run_dir=str(run), **TINY))
-    return run
 
 
 def test_submission_rows_follow_info_csv(trained_run, sample_dir):
@@ -65,3 +55,15 @@ def test_predict_folder(trained_run, sample_dir, tmp_path):
     df = pd.read_csv(out)
     assert len(df) == 21 and {"path", "class", "mask", "gender", "age_band", "p17"} <= set(df.columns)
     assert np.allclose(df[[f"p{k}" for k in range(18)]].sum(1), 1, atol=1e-3)
+
+
+def test_a_different_submission_never_replaces_the_old_one_silently(trained_run, sample_dir, tmp_path):
+    out = tmp_path / "submission.csv"
+    info = pd.read_csv(sample_dir / "eval" / "info.csv")
+    pd.DataFrame({"ImageID": info["ImageID"], "ans": 17}).to_csv(out, index=False)
+    old = out.read_text()
+    write_submission(sample_dir, trained_run, out=out)
+    backups = list(tmp_path.glob("submission.*.csv"))
+    assert len(backups) == 1 and backups[0].read_text() == old and out.read_text() != old
+    write_submission(sample_dir, trained_run, out=out)  # same content again: nothing to keep
+    assert len(list(tmp_path.glob("submission.*.csv"))) == 1
