@@ -1,0 +1,144 @@
+"""Training and inference throughput: the compute limit vs mcls's loader vs the competition baseline's loader.
+
+    .venv/bin/python bench/speed.py                       # 2 backbones x 2 sizes on data/sample
+    .venv/bin/python bench/speed.py --backbones mobilenetv2_100 --sizes 224 --batch 16
+
+Rows, per backbone and size (images per second; ratios within one run are what count):
+  limit       training steps on one in-memory uint8 batch: no data loading at all
+  mcls        training through ImageArrayDataset (decoded-once uint8 cache + albumentations) and make_loader
+  baseline    the competition baseline's way: PIL open + resize + torchvision transforms per image, per epoch
+  infer       predict_probs on the cache, without and with flip TTA (one doubled batch)
+Writes bench/results/speed.md and speed.csv with the machine, torch version, threads and the command.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from baseline_loader import BaselineDataset  # noqa: E402
+
+from mcls.config import Config  # noqa: E402
+from mcls.data import load_train_table  # noqa: E402
+from mcls.dataset import ImageArrayDataset, make_loader, targets_of  # noqa: E402
+from mcls.engine import Runtime, TaskLoss, predict_probs, train_one_epoch  # noqa: E402
+from mcls.images import load_images  # noqa: E402
+from mcls.models import create_model  # noqa: E402
+from mcls.transforms import create_train_transform  # noqa: E402
+
+
+class Limited:
+    """Iterates a loader for a fixed number of batches, so every row times the same amount of work."""
+
+    def __init__(self, loader, n_batches: int):
+        self.loader, self.n = loader, n_batches
+
+    def __iter__(self):
+        count = 0
+        while count < self.n:
+            for batch in self.loader:
+                yield batch
+                count += 1
+                if count == self.n:
+                    return
+
+    def __len__(self):
+        return self.n
+
+
+def train_rate(cfg: Config, loader, targets, steps: int) -> float:
+    """Training images/s over `steps` batches after two warm-up batches."""
+    rt = Runtime(cfg)
+    torch.manual_seed(0)
+    model = rt.prepare(create_model(cfg.backbone, cfg.heads, "none", cfg.drop_rate))
+    loss_fn = TaskLoss(cfg, targets).to(rt.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    train_one_epoch(model, Limited(loader, 2), loss_fn, opt, sched, rt, desc="warm-up")
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize()
+    stats = train_one_epoch(model, Limited(loader, steps), loss_fn, opt, sched, rt, desc="timed")
+    return stats["train_img_per_s"]
+
+
+def infer_rate(cfg: Config, images: np.ndarray, tta: bool, repeats: int = 2) -> float:
+    rt = Runtime(cfg)
+    model = rt.prepare(create_model(cfg.backbone, cfg.heads, "none"))
+    loader = make_loader(ImageArrayDataset(images), cfg.batch_size * 2, train=False, num_workers=cfg.num_workers)
+    predict_probs(model, loader, rt, tta=tta)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        predict_probs(model, loader, rt, tta=tta)
+    return repeats * len(images) / (time.perf_counter() - start)
+
+
+def main(argv=None) -> pd.DataFrame:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT / "data" / "sample"))
+    ap.add_argument("--backbones", default="tf_efficientnet_lite0,mobilenetv2_100")
+    ap.add_argument("--sizes", default="112,160")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=8, help="timed training batches per row")
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed"))
+    args = ap.parse_args(argv)
+
+    table = load_train_table(args.data)
+    targets = targets_of(table)
+    rows = []
+    for size in map(int, args.sizes.split(",")):
+        start = time.perf_counter()
+        images, _ = load_images(table["path"], size)
+        cache_s = time.perf_counter() - start
+        for backbone in args.backbones.split(","):
+            cfg = Config(backbone=backbone, img_size=size, batch_size=args.batch, num_workers=args.workers,
+                         device=args.device, augment="light")
+            pin = Runtime(cfg).pin_memory
+            one = next(iter(make_loader(ImageArrayDataset(images, targets), args.batch, train=True)))
+            limit = train_rate(cfg, [one], targets, args.steps)
+            ours = make_loader(ImageArrayDataset(images, targets, create_train_transform(cfg.augment)), args.batch,
+                               train=True, num_workers=args.workers, pin_memory=pin)
+            mcls = train_rate(cfg, ours, targets, args.steps)
+            base = torch.utils.data.DataLoader(BaselineDataset(table, size, targets), batch_size=args.batch,
+                                               shuffle=True, num_workers=args.workers, pin_memory=pin)
+            baseline = train_rate(cfg, base, targets, args.steps)
+            row = {"backbone": backbone, "size": size, "batch": args.batch, "workers": args.workers,
+                   "limit": limit, "mcls": mcls, "baseline": baseline,
+                   "mcls/limit": mcls / limit, "mcls/baseline": mcls / baseline,
+                   "infer": infer_rate(cfg, images, tta=False), "infer_tta": infer_rate(cfg, images, tta=True),
+                   "cache_build_img_s": len(images) / cache_s}
+            rows.append(row)
+            print(pd.DataFrame([row]).round(2).to_string(index=False), flush=True)
+    df = pd.DataFrame(rows)
+    write(df, Path(args.out), " ".join([".venv/bin/python", "bench/speed.py", *(argv or sys.argv[1:])]))
+    return df
+
+
+def machine() -> str:
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU {platform.processor() or ''}".strip()
+    return (f"{platform.node()} ({dev}, {torch.get_num_threads()} torch threads), torch {torch.__version__}, "
+            f"python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def write(df: pd.DataFrame, out: Path, command: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out.with_suffix(".csv"), index=False)
+    text = (f"# Throughput (images/s)\n\nmachine: {machine()}\n\ncommand: `{command}`\n\n"
+            + df.round(2).to_markdown(index=False) + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
