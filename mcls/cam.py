@@ -20,6 +20,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from .io import write_json
+from .plots import image_grid
 from .labels import GENDERS, HEAD_SIZES, HEADS, MASK_STATES, NUM_CLASSES, age_band_names, decode
 from .models import class_log_probs
 
@@ -280,27 +281,6 @@ def _plan_grids(table: pd.DataFrame, names: dict, n: int, per_class: int, person
     return grids
 
 
-def grid_figure(tiles: list, captions: list, ncols: int, title: str = ""):
-    """A matplotlib figure of image tiles (None leaves a cell blank), captions under the tiles."""
-    from .plots import plt
-
-    nrows = max(1, math.ceil(len(tiles) / ncols))
-    height = 2.1 * nrows + 0.5
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, height), squeeze=False)
-    # fixed margins: tight_layout costs more than the whole CAM pass on small grids
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / height, wspace=0.05, hspace=0.25)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, tile, caption in zip(axes.flat, tiles, captions):
-        if tile is not None:
-            ax.imshow(tile)
-            ax.set_title(caption, fontsize=7)
-    if not tiles:
-        axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center")
-    fig.suptitle(title, fontsize=9)
-    return fig
-
-
 def _load_as_trained(paths, cfg, device: str) -> np.ndarray:
     """uint8 (N, S, S, 3) images as the run's validation saw them, face-cropped if the run was trained on crops."""
     from .images import load_images
@@ -361,7 +341,7 @@ def inspect_run(run_dir: str | Path, data_dir: str | Path | None = None, method:
 
     out = {"paths": {}, "figures": {}}
     for name, grid in grids.items():
-        fig = grid_figure([None if c is None else tiles[c[:3]] for c in grid["cells"]],
+        fig = image_grid([None if c is None else tiles[c[:3]] for c in grid["cells"]],
                           [None if c is None else c[3] for c in grid["cells"]], grid["ncols"], grid["title"])
         out["figures"][name] = fig
         out["paths"][name] = save(fig, out_dir / f"cam_{method.replace('+', 'p')}_{name}.png")

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cam import METHODS, _load_as_trained, cam_maps, grid_figure, head_class_names, overlay, validation_table
+from .cam import METHODS, _load_as_trained, cam_maps, head_class_names, overlay, validation_table
+from .plots import image_grid
 from .engine import load_checkpoint
 
 
@@ -23,7 +24,7 @@ def cam_grid(run_dir: str | Path, table: pd.DataFrame, head: str, cls: int, corr
         tiles += [overlay(img, m) for img, m in zip(images, maps)]
         captions += [f"{p} pred {names[k]}" for p, k in zip(part["person"], part[f"{head}_pred"])]
     verdict = "right" if correct else "wrong"
-    return grid_figure(tiles, captions, ncols=4, title=f"{head} = {cls}, predicted {verdict} ({len(tiles)} shown)")
+    return image_grid(tiles, captions, ncols=4, title=f"{head} = {cls}, predicted {verdict} ({len(tiles)} shown)")
 
 
 def browser(run_dir: str | Path, data_dir: str | Path | None = None, n: int = 8):

@@ -106,10 +106,61 @@ def cmd_cam(args) -> None:
     cfg = _config(args)
     # data_dir only re-roots image paths when given: by default the run's own val_predictions paths are used
     data_dir = cfg.data_dir if cfg.data_dir != Config().data_dir else None
-    result = inspect_run(args.run, data_dir=data_dir, method=args.method, n=args.n, person=args.person,
+    result = inspect_run(args.run, data_dir=data_dir, method=cfg.cam_method, n=cfg.cam_images, person=args.person,
                          max_images=args.max_images, out_dir=args.out, device=cfg.device)
     print(json.dumps(result["energy"]["heads"], indent=2))
     print("\n".join(str(p) for p in result["paths"].values()))
+
+
+def cmd_crop(args) -> None:
+    """Detects faces (cached) in data_dir's train and eval images or in --folder; writes the per-image report."""
+    import pandas as pd
+
+    from .data import list_images, load_eval_table, load_train_table
+    from .faces import CropSettings, crop_paths, detection_rate
+    from .io import write_csv
+
+    cfg = _config(args)
+    settings = CropSettings.from_config(cfg.updated({"crop": "mtcnn"}))
+    if args.folder:
+        parts = {"folder": [str(p) for p in list_images(args.folder)]}
+    else:
+        parts = {"train": list(load_train_table(cfg.data_dir, cfg.age_bounds)["path"])}
+        if (Path(cfg.data_dir) / "eval" / "info.csv").is_file():
+            parts["eval"] = list(load_eval_table(cfg.data_dir)["path"])
+    reports = []
+    for name, paths in parts.items():
+        report = crop_paths(paths, settings)
+        print(f"{name}: faces found in {int(report['detected'].sum())} of {len(report)} images "
+              f"({detection_rate(report):.1%}); fallback crops: {int((~report['detected']).sum())}")
+        reports.append(report.assign(split=name))
+    out = Path(args.out or Path("runs") / "crops" / f"{Path(args.folder or cfg.data_dir).name}.csv")
+    write_csv(out, pd.concat(reports, ignore_index=True))
+    print(f"report: {out}")
+
+
+def cmd_relabel(args) -> None:
+    """Writes the suspect queue (and the OOF probabilities behind it), or appends reviewed decisions."""
+    import pandas as pd
+
+    from .relabel import apply_decisions, run_finder
+
+    cfg = _config(args)
+    if args.apply:
+        target = args.relabel_file or cfg.relabel_file or "data/relabel.csv"
+        written = apply_decisions(args.apply, target)
+        print(f"appended {len(written)} decision(s) to {target}; load with relabel_file={target}")
+        return
+    out_dir = Path(args.out or Path("runs") / "relabel" / Path(cfg.data_dir).name)
+    queue, table, _ = run_finder(cfg, run=args.run, out_dir=out_dir, near_edge=args.near_edge)
+    suspects = queue[queue["check"] != "edge"]
+    print(f"{table['person'].nunique()} persons checked: {len(suspects)} suspect label(s) "
+          f"({', '.join(f'{k} {v}' for k, v in suspects['check'].value_counts().items()) or 'none'}), "
+          f"{int((queue['check'] == 'edge').sum())} age(s) near a band edge")
+    with pd.option_context("display.width", 160, "display.max_colwidth", 70):
+        print(suspects.head(args.top).to_string(index=False))
+    print(f"queue: {out_dir / 'queue.csv'}  (add a `decision` column: keep / accept / set + `value`, then "
+          f"`mcls relabel --apply FILE`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,13 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("demo", cmd_demo, "train briefly on data/sample and write a submission")
     p = add("pipeline", cmd_pipeline, "run the numbered notebooks headless (papermill) into run_dir/notebooks")
     p.add_argument("--only", help="comma-separated notebook names, e.g. 00_eda,03_train")
-    p = add("cam", cmd_cam, "GradCAM grids and face-energy figures per head for a trained run (data_dir= re-roots)")
+    p = add("cam", cmd_cam, "GradCAM grids and face-energy figures per head for a trained run "
+                            "(keys cam_method, cam_images; data_dir= re-roots image paths)")
     p.add_argument("--run", required=True, help="run folder with fold*/best.pt and fold*/val_predictions.csv")
-    p.add_argument("--method", default="gradcam", help="gradcam, gradcam++, eigencam, layercam, ... (mcls.cam.METHODS)")
-    p.add_argument("--n", type=int, default=16, help="misclassified images per head grid")
     p.add_argument("--person", help="person id for the seven-image grid (default: a random validation person)")
     p.add_argument("--max-images", type=int, help="measure energy on this many random validation images (default: all)")
     p.add_argument("--out", help="output folder (default: the run folder)")
+    p = add("crop", cmd_crop, "detect faces (MTCNN, cached) in data_dir train+eval or a folder; print the detection "
+                              "rate, write a per-image report (keys crop_margin, crop_chin, crop_min_confidence, ...)")
+    p.add_argument("--folder", help="crop every image under this folder instead of data_dir")
+    p.add_argument("--out", help="report CSV (default: runs/crops/<data name>.csv)")
+    p = add("relabel", cmd_relabel, "rank persons whose labels look wrong into a review queue, or --apply decisions")
+    p.add_argument("--run", help="fold=-1 run folder (or oof.csv) for out-of-fold probabilities (default: a quick "
+                                 "frozen-feature probe)")
+    p.add_argument("--out", help="folder for queue.csv and oof.csv (default: runs/relabel/<data name>)")
+    p.add_argument("--near-edge", type=int, default=2, help="list ages this many years from a band edge")
+    p.add_argument("--top", type=int, default=20, help="suspects to print")
+    p.add_argument("--apply", metavar="CSV", help="append the reviewed rows of this decisions CSV instead")
+    p.add_argument("--relabel-file", help="decisions log to append to (default: relabel_file, else data/relabel.csv)")
     p = sub.add_parser("runs", help="list runs with key metrics and differing config keys")
     p.add_argument("runs_dir", nargs="?", default="runs")
     p.set_defaults(fn=cmd_runs)

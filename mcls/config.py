@@ -20,10 +20,16 @@ class Config:
     # --- data ---
     data_dir: str = "data/sample"
     relabel_file: str = ""  # CSV of relabel decisions applied on load; "" = none
+    relabel_decisions: str = ""  # a reviewed queue CSV (decision column) that notebook 01 appends headless
     age_bounds: list[int] = field(default_factory=lambda: [30, 60])  # band edges: <30, 30-59, >=60
     train_old_age: int = 60  # training-only edge of the oldest band (58/59 trick); never used for validation
     on_bad_image: str = "error"  # error | skip
-    crop: str = "none"  # none (face cropping: see the README roadmap)
+    crop: str = "none"  # none | mtcnn (face crops, cached; prediction applies the run's crop too)
+    crop_margin: float = 0.1  # crop = face box + this fraction of its size on every side ...
+    crop_chin: float = 0.2  # ... and this much more below, so a mask pulled down to the chin stays in
+    crop_min_confidence: float = 0.9  # weaker detections count as no face
+    crop_fallback: float = 0.8  # no face: centred square, this fraction of the shorter side
+    crop_cache: str = ".cache/mcls/crops"  # detections cached by image content; "" = no disk cache
     # --- folds ---
     n_folds: int = 5
     fold: int = 0  # validation fold to train against; -1 trains every fold
@@ -57,6 +63,9 @@ class Config:
     tta: bool = True  # horizontal-flip test-time augmentation for prediction
     smoke: bool = False  # tiny run for tests and first tries: 1 epoch, small images
     tracker: str = "none"  # none | mlflow
+    # --- inspection (notebook 04, `mcls cam`) ---
+    cam_method: str = "gradcam"  # any name in mcls.cam.METHODS
+    cam_images: int = 16  # images per GradCAM grid
 
     # ------------------------------------------------------------------ helpers
     @classmethod
@@ -94,7 +103,7 @@ class Config:
     def _value_problems(self) -> list[str]:
         choices = {
             "on_bad_image": ("error", "skip"),
-            "crop": ("none",),
+            "crop": ("none", "mtcnn"),
             "heads": ("multi", "single"),
             "augment": ("none", "light", "strong"),
             "channels_last": ("auto", "on", "off"),
@@ -116,6 +125,9 @@ class Config:
                 out.append(f"{key}={getattr(self, key)} must be positive")
         if self.num_workers < 0:
             out.append(f"num_workers={self.num_workers} must be >= 0")
+        if self.crop_margin < 0 or self.crop_chin < 0 or not 0 < self.crop_fallback <= 1:
+            out.append(f"crop_margin={self.crop_margin} and crop_chin={self.crop_chin} must be >= 0, "
+                       f"crop_fallback={self.crop_fallback} in (0, 1]")
         return out
 
     def resolved(self) -> "Config":

@@ -40,16 +40,21 @@ def decode_image(path: str | Path) -> np.ndarray:
         raise BadImageError(f"{path}: {what}") from None
 
 
-def load_resized(path: str | Path, size: int) -> np.ndarray:
-    """Decoded and resized to size x size: identical for training, validation and prediction."""
+def load_resized(path: str | Path, size: int, box=None) -> np.ndarray:
+    """Decoded, cut to `box` (x1, y1, x2, y2) when given, and resized to size x size: identical for training,
+    validation and prediction."""
     arr = decode_image(path)
+    if box is not None:
+        x1, y1, x2, y2 = (int(v) for v in box)
+        arr = arr[y1:y2, x1:x2]
     if arr.shape[:2] != (size, size):
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BICUBIC))
     return arr
 
 
-def load_images(paths, size: int, on_bad_image: str = "error", threads: int = 4):
-    """Decodes every path once into one (N, size, size, 3) uint8 array.
+def load_images(paths, size: int, on_bad_image: str = "error", threads: int = 4, crop=None):
+    """Decodes every path once into one (N, size, size, 3) uint8 array, face-cropped first when `crop` (a
+    faces.CropSettings, e.g. CropSettings.from_config(cfg)) is given.
 
     Returns (array, bad) where `bad` lists the indices that could not be read. With on_bad_image="error" any bad
     file raises one BadImageError naming all of them; with "skip" their rows are left black and logged, and the
@@ -58,10 +63,16 @@ def load_images(paths, size: int, on_bad_image: str = "error", threads: int = 4)
     paths = [str(p) for p in paths]
     out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     errors: dict[int, str] = {}
+    boxes = [None] * len(paths)
+    if crop is not None:
+        from .faces import crop_paths
+
+        report = crop_paths(paths, crop)  # unreadable files get no box here and are reported by decoding below
+        boxes = [None if r.x1 < 0 else (r.x1, r.y1, r.x2, r.y2) for r in report.itertuples()]
 
     def work(i):
         try:
-            out[i] = load_resized(paths[i], size)
+            out[i] = load_resized(paths[i], size, boxes[i])
         except BadImageError as err:
             errors[i] = str(err)
 

@@ -1,6 +1,7 @@
 """Result figures, saved as PNG so a headless run leaves the same evidence as an interactive one."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -72,4 +73,23 @@ def class_distribution_figure(counts: pd.Series, title: str):
     ax.set_xlabel("class")
     ax.set_ylabel("images")
     ax.set_title(title)
+    return fig
+
+
+def image_grid(tiles: list, captions: list, ncols: int, title: str = ""):
+    """A matplotlib figure of image tiles (None leaves a cell blank), captions under the tiles."""
+    nrows = max(1, math.ceil(len(tiles) / ncols))
+    height = 2.1 * nrows + 0.5
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, height), squeeze=False)
+    # fixed margins: tight_layout costs more than the whole CAM pass on small grids
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / height, wspace=0.05, hspace=0.25)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, tile, caption in zip(axes.flat, tiles, captions):
+        if tile is not None:
+            ax.imshow(tile)
+            ax.set_title(caption, fontsize=7)
+    if not tiles:
+        axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center")
+    fig.suptitle(title, fontsize=9)
     return fig

@@ -10,8 +10,9 @@ from .config import Config
 from .data import list_images, load_eval_table
 from .dataset import ImageArrayDataset, make_loader
 from .engine import Runtime, load_checkpoint, predict_probs
+from .faces import CropSettings
 from .images import load_images
-from .io import write_csv
+from .io import keep_previous, write_csv
 from .labels import NUM_CLASSES, age_band_names, decode, GENDERS, MASK_STATES
 
 
@@ -45,7 +46,8 @@ def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "au
     rt = Runtime(Config(device=device))
     models, cfg = load_ensemble(checkpoints, rt.device)
     models = [rt.prepare(m) for m in models]
-    images, bad = load_images(paths, cfg.img_size, on_bad_image)
+    # the run's own crop settings: a model trained on face crops must see face crops
+    images, bad = load_images(paths, cfg.img_size, on_bad_image, crop=CropSettings.from_config(cfg, device=device))
     loader = make_loader(ImageArrayDataset(images), batch_size, train=False)
     return predict_probs(models, loader, rt, tta=cfg.tta if tta is None else tta), bad
 
@@ -79,6 +81,7 @@ def write_submission(data_dir: str | Path, run: str | Path, out: str | Path | No
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     out = Path(out) if out else run_dir / "submission.csv"
     check_submission(sub, info, str(out))
+    keep_previous(out, sub.to_csv(index=False))
     write_csv(out, sub)
     return out
 

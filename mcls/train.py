@@ -9,10 +9,12 @@ import pandas as pd
 from .config import Config
 from .data import data_fingerprint, load_train_table
 from .engine import fit
+from .faces import CropSettings
 from .folds import assign_folds
 from .images import load_images
 from .io import write_json
 from .runs import open_run, write_run_info
+from .tracking import log_run
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 def load_training_data(cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
     """The image table (with a `fold` column) and its decoded images; unreadable images dropped if on_bad_image=skip."""
     table = load_train_table(cfg.data_dir, cfg.age_bounds, cfg.train_old_age, cfg.relabel_file or None)
-    images, bad = load_images(table["path"], cfg.img_size, cfg.on_bad_image)
+    images, bad = load_images(table["path"], cfg.img_size, cfg.on_bad_image, crop=CropSettings.from_config(cfg))
     if bad:
         keep = np.setdiff1d(np.arange(len(table)), bad)
         table, images = table.iloc[keep].reset_index(drop=True), images[keep]
@@ -42,6 +44,7 @@ def train(cfg: Config, resume: bool = False) -> dict:
                          images[~is_val], images[is_val], run_dir / f"fold{k}", resume=resume)
     summary = summarise_folds(results)
     write_json(run_dir / "summary.json", summary)
+    log_run(cfg, run_dir)
     return summary
 
 

@@ -105,10 +105,10 @@ def test_cli_cam_adds_its_method_to_the_energy_file(trained_run, sample_dir, cap
     from mcls.cli import main
 
     (trained_run / "cam_energy.json").write_text(json.dumps({"layercam": {"method": "layercam"}}))
-    assert main(["cam", "--run", str(trained_run), "--method", "eigencam", "--n", "2", "--max-images", "10",
+    assert main(["cam", "--run", str(trained_run), "--max-images", "10", "cam_method=eigencam", "cam_images=2",
                  f"data_dir={sample_dir}", "device=cpu"]) == 0
     saved = json.loads((trained_run / "cam_energy.json").read_text())
     assert set(saved) == {"layercam", "eigencam"} and saved["eigencam"]["n_images"] == 10
     assert (trained_run / "cam_eigencam_misclassified_mask.png").is_file()
     assert "cam_energy.json" in capsys.readouterr().out
-    assert main(["cam", "--run", str(trained_run), "--method", "nope"]) == 2
+    assert main(["cam", "--run", str(trained_run), "cam_method=nope"]) == 2

@@ -93,3 +93,31 @@ def test_04_gradcam(trained_run):
     assert all(0 <= v <= 1 for head in energy["heads"].values() for v in head.values() if v is not None)
     pngs = sorted(p.name for p in (trained_run / "04_gradcam").glob("cam_gradcam_*.png"))
     assert any("misclassified_mask" in p for p in pngs) and any("person" in p for p in pngs)
+
+
+def test_02_face_crop(tmp_path):
+    execute("02_face_crop", tmp_path, crop_cache=str(tmp_path / "cache"))
+    m = metrics(tmp_path, "02_face_crop")
+    assert m["images"] == 40 and m["detection_rate"] >= 0.9 and m["img_per_s"] > 0
+    for fig in ("confidence_histogram", "failures", "before_after"):
+        assert (tmp_path / "02_face_crop" / f"{fig}.png").is_file()
+    assert any((tmp_path / "cache").rglob("*.json"))  # detections were cached
+
+
+def test_01_relabel_writes_the_queue_and_appends_reviewed_decisions(tmp_path):
+    from mcls.data import load_train_table
+
+    person = load_train_table(SAMPLE).drop_duplicates("person").iloc[0]
+    given = ("male", "female")[person["gender"]]
+    reviewed = tmp_path / "reviewed.csv"
+    pd.DataFrame([{"person": person["person"], "field": "gender", "given": given, "suggested": "x", "score": 1.0,
+                   "reason": "test", "check": "gender", "decision": "set",
+                   "value": ("male", "female")[1 - person["gender"]]}]).to_csv(reviewed, index=False)
+    relabels = tmp_path / "relabel.csv"
+    execute("01_relabel", tmp_path, n_folds=4, relabel_file=str(relabels), relabel_decisions=str(reviewed))
+    m = metrics(tmp_path, "01_relabel")
+    assert m["persons"] == 48 and m["suspects"] >= 1 and (tmp_path / "01_relabel" / "suspect_1.png").is_file()
+    written = pd.read_csv(relabels, dtype=str)
+    assert len(written) == 1 and written["old"][0] == given and written["new"][0] != given
+    queue = pd.read_csv(tmp_path / "01_relabel" / "queue.csv", dtype=str)
+    assert not ((queue["person"] == person["person"]) & (queue["field"] == "gender")).any()  # decided: not re-asked
