@@ -38,8 +38,12 @@ def pipeline_run_dir(cfg: Config) -> Path:
 
 def run_pipeline(cfg: Config, notebooks=NOTEBOOKS, log=print) -> dict:
     """Executes `notebooks` into <run_dir>/notebooks/; returns {notebook: seconds}. Finished notebooks are kept."""
+    import logging
+
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # one line per notebook is ours to print
 
     run_dir = pipeline_run_dir(cfg)
     cfg = Config.from_dict({**cfg.to_dict(), "run_dir": str(run_dir), "data_dir": str(Path(cfg.data_dir).resolve()),
