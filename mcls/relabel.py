@@ -82,7 +82,7 @@ def probe_oof(table: pd.DataFrame, n_folds: int = 5, seed: int = 42, backbone: s
     for k in range(n_folds):
         val = folds == k
         for h, y in heads.items():
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
             model.fit(x[~val], y[~val])
             p = np.zeros((val.sum(), marginals[h].shape[1]))
             p[:, model.classes_] = model.predict_proba(x[val])  # a class missing from a fold keeps probability 0
