@@ -229,4 +229,5 @@ def cropped(path, settings: CropSettings = CropSettings(), size: int | None = No
 
 
 def settings_dict(settings: CropSettings) -> dict:
+    """The crop settings plus the detector's, as plain values for a metrics file."""
     return {**asdict(settings), "detector": DETECTOR}
