@@ -8,7 +8,7 @@ export MPLBACKEND := Agg
 
 PARAMS ?= notebooks/params/sample.yaml
 
-.PHONY: setup demo test pipeline clean-runs
+.PHONY: setup demo test pipeline
 
 setup: $(STAMP)
 
@@ -32,6 +32,3 @@ pipeline: setup
 
 test: setup
 	$(PY) -m pytest -q
-
-clean-runs:
-	@echo "runs/ holds your results; remove it by hand if you really mean to."
