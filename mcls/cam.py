@@ -283,11 +283,8 @@ def _plan_grids(table: pd.DataFrame, names: dict, n: int, per_class: int, person
 
 def _load_as_trained(paths, cfg, device: str) -> np.ndarray:
     """uint8 (N, S, S, 3) images as the run's validation saw them, face-cropped if the run was trained on crops."""
-    from .images import load_images
-
-    if getattr(cfg, "crop", "none") == "none":
-        return load_images(paths, cfg.img_size)[0]
     from .faces import CropSettings
+    from .images import load_images
 
     return load_images(paths, cfg.img_size, crop=CropSettings.from_config(cfg, device=device))[0]
 

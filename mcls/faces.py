@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .images import BadImageError, decode_image
+from .images import BadImageError, crop_array, decode_image, load_resized
 from .io import write_text
 
 log = logging.getLogger(__name__)
@@ -213,19 +213,10 @@ def detection_rate(report: pd.DataFrame) -> float:
     return float(report.loc[readable, "detected"].mean()) if readable.any() else float("nan")
 
 
-def crop_array(arr: np.ndarray, box) -> np.ndarray:
-    """The box's pixels; the whole image when box is None."""
-    if box is None:
-        return arr
-    x1, y1, x2, y2 = (int(v) for v in box)
-    return arr[y1:y2, x1:x2]
-
-
 def cropped(path, settings: CropSettings = CropSettings(), size: int | None = None) -> np.ndarray:
     """One image's crop as RGB uint8 (resized to size x size when given), for notebooks and before/after views."""
     box, _ = crop_box(detect_faces([path], settings)[0], settings)
-    arr = crop_array(decode_image(path), box)
-    return arr if size is None else np.asarray(Image.fromarray(arr).resize((size, size), Image.BICUBIC))
+    return crop_array(decode_image(path), box) if size is None else load_resized(path, size, box)
 
 
 def settings_dict(settings: CropSettings) -> dict:

@@ -40,13 +40,18 @@ def decode_image(path: str | Path) -> np.ndarray:
         raise BadImageError(f"{path}: {what}") from None
 
 
+def crop_array(arr: np.ndarray, box) -> np.ndarray:
+    """The pixels of `box` (x1, y1, x2, y2); the whole image when box is None."""
+    if box is None:
+        return arr
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return arr[y1:y2, x1:x2]
+
+
 def load_resized(path: str | Path, size: int, box=None) -> np.ndarray:
     """Decoded, cut to `box` (x1, y1, x2, y2) when given, and resized to size x size: identical for training,
     validation and prediction."""
-    arr = decode_image(path)
-    if box is not None:
-        x1, y1, x2, y2 = (int(v) for v in box)
-        arr = arr[y1:y2, x1:x2]
+    arr = crop_array(decode_image(path), box)
     if arr.shape[:2] != (size, size):
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BICUBIC))
     return arr
