@@ -13,7 +13,6 @@ Writes bench/results/speed.md and speed.csv with the machine, torch version, thr
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from baseline_loader import BaselineDataset  # noqa: E402
+from common import machine  # noqa: E402
 
 from mcls.config import Config  # noqa: E402
 from mcls.data import load_train_table  # noqa: E402
@@ -123,12 +123,6 @@ def main(argv=None) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     write(df, Path(args.out), " ".join([".venv/bin/python", "bench/speed.py", *(argv or sys.argv[1:])]))
     return df
-
-
-def machine() -> str:
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU {platform.processor() or ''}".strip()
-    return (f"{platform.node()} ({dev}, {torch.get_num_threads()} torch threads), torch {torch.__version__}, "
-            f"python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
 
 
 def write(df: pd.DataFrame, out: Path, command: str) -> None:

@@ -40,6 +40,8 @@ class Config:
     heads: str = "multi"  # multi (mask, gender, age) | single (18-way)
     img_size: int = 128
     drop_rate: float = 0.2
+    age_head: str = "band"  # band (3-way) | dist (exact-age distribution, banded) | both (their average)
+    age_sigma: float = 3.0  # years: spread of the exact-age target distribution
     # --- loss ---
     loss: str = "ce"  # ce | weighted_ce | focal | label_smoothing | f1
     loss_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # mask, gender, age
@@ -53,6 +55,12 @@ class Config:
     warmup_epochs: float = 0.5
     patience: int = 3  # early stopping: epochs without a better validation macro F1
     augment: str = "light"  # none | light | strong
+    sampler: str = "uniform"  # uniform | balanced (draws gender x age-band cells equally often)
+    mix: str = "none"  # none | vcutmix (left/right halves of two faces) | cutmix | mixup
+    mix_prob: float = 0.5  # share of batches mixed
+    mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
+    ema_decay: float = 0.0  # exponential moving average of weights, validated and saved; 0 = off
+    sync_bn: bool = False  # SyncBatchNorm across processes under torchrun
     # --- runtime ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision, used on CUDA only
@@ -61,6 +69,8 @@ class Config:
     # --- run ---
     run_dir: str = ""  # "" = runs/<timestamp>
     tta: bool = True  # horizontal-flip test-time augmentation for prediction
+    person_consistent: bool = False  # share gender/age across images grouped as one person (no ids used)
+    group_threshold: float = 0.4  # cosine distance under which upper-face embeddings join one person
     smoke: bool = False  # tiny run for tests and first tries: 1 epoch, small images
     tracker: str = "none"  # none | mlflow
     # --- inspection (notebook 04, `mcls cam`) ---
@@ -108,6 +118,9 @@ class Config:
             "augment": ("none", "light", "strong"),
             "channels_last": ("auto", "on", "off"),
             "tracker": ("none", "mlflow"),
+            "age_head": ("band", "dist", "both"),
+            "sampler": ("uniform", "balanced"),
+            "mix": ("none", "vcutmix", "cutmix", "mixup"),
         }
         out = [f"{k}={getattr(self, k)!r} is not one of {v}" for k, v in choices.items() if getattr(self, k) not in v]
         if len(self.age_bounds) != 2 or self.age_bounds[0] >= self.age_bounds[1]:
@@ -123,6 +136,11 @@ class Config:
         for key in ("epochs", "batch_size", "img_size"):
             if getattr(self, key) < 1:
                 out.append(f"{key}={getattr(self, key)} must be positive")
+        if self.heads == "single" and self.age_head != "band":
+            out.append(f"age_head={self.age_head!r} needs heads='multi'")
+        if not 0 <= self.ema_decay < 1 or not 0 <= self.mix_prob <= 1 or self.mix_alpha <= 0 or self.age_sigma <= 0:
+            out.append(f"ema_decay={self.ema_decay} must be in [0, 1), mix_prob={self.mix_prob} in [0, 1], "
+                       f"mix_alpha={self.mix_alpha} and age_sigma={self.age_sigma} positive")
         if self.num_workers < 0:
             out.append(f"num_workers={self.num_workers} must be >= 0")
         if self.crop_margin < 0 or self.crop_chin < 0 or not 0 < self.crop_fallback <= 1:

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-TARGET_COLUMNS = ("mask", "gender", "age_band_train", "label")
+TARGET_COLUMNS = ("mask", "gender", "age_band_train", "label", "age")
 
 
 class ImageArrayDataset(Dataset):
@@ -32,13 +32,34 @@ def targets_of(table) -> np.ndarray:
     return table[list(TARGET_COLUMNS)].to_numpy(dtype=np.int64)
 
 
+def balanced_weights(targets: np.ndarray) -> np.ndarray:
+    """Per-item sampling weights that draw each gender x training-age-band cell equally often (the >=60 cells are
+    a tenth of the others); mask states keep their natural 5:1:1 mix, which every person has."""
+    cell = targets[:, 1] * 3 + targets[:, 2]
+    counts = np.bincount(cell, minlength=6).astype(float)
+    return 1.0 / counts[cell]
+
+
+def epoch_order(targets: np.ndarray, seed: int, sampler: str = "uniform") -> np.ndarray:
+    """The order of one training epoch, a function of the seed alone (so every DDP rank draws the same one):
+    a permutation (uniform) or a same-length weighted draw with replacement (balanced)."""
+    g = torch.Generator().manual_seed(seed)
+    if sampler == "balanced":
+        w = torch.as_tensor(balanced_weights(targets))
+        return torch.multinomial(w, len(targets), replacement=True, generator=g).numpy()
+    if sampler != "uniform":
+        raise ValueError(f"unknown sampler {sampler!r}; valid: uniform, balanced")
+    return torch.randperm(len(targets), generator=g).numpy()
+
+
 def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0,
-                pin_memory: bool = False) -> DataLoader:
-    """Training loaders shuffle with a seeded generator; evaluation loaders never shuffle and never drop a row."""
+                pin_memory: bool = False, sampler=None) -> DataLoader:
+    """Training loaders shuffle with a seeded generator unless given a `sampler` (an epoch order);
+    evaluation loaders never shuffle and never drop a row."""
     generator = torch.Generator().manual_seed(seed) if train else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=False, num_workers=num_workers,
-                      generator=generator, pin_memory=pin_memory, persistent_workers=False,
-                      worker_init_fn=_seed_worker if num_workers else None)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                      drop_last=False, num_workers=num_workers, generator=generator, pin_memory=pin_memory,
+                      persistent_workers=False, worker_init_fn=_seed_worker if num_workers else None)
 
 
 def _seed_worker(worker_id: int) -> None:

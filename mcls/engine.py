@@ -12,15 +12,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
+from . import distributed
+
 from .config import Config
-from .dataset import ImageArrayDataset, make_loader, targets_of
+from .dataset import ImageArrayDataset, epoch_order, make_loader, targets_of
 from .io import save_torch, write_csv, write_json
 from .labels import HEAD_SIZES, NUM_CLASSES, encode
-from .losses import create_loss, inverse_frequency_weights
+from .losses import AgeDistributionLoss, create_loss, inverse_frequency_weights
 from .metrics import confusion, score
-from .models import MaskClassifier, class_log_probs, create_model
+from .mixing import BatchMixer
+from .models import AGE_BINS, MaskClassifier, class_log_probs, model_from_config
 from .transforms import create_train_transform
 
 log = logging.getLogger(__name__)
@@ -29,7 +34,9 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------------- runtime
 def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", distributed.local_rank()) if distributed.active() else torch.device("cuda")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={name!r} asked for, but torch sees no CUDA GPU")
@@ -77,11 +84,16 @@ def seed_everything(seed: int) -> None:
 
 # ------------------------------------------------------------------------------------------------- losses
 class TaskLoss(torch.nn.Module):
-    """Weighted sum of per-head losses (multi-head) or one loss over the 18 training classes (single head)."""
+    """Weighted sum of per-head losses (multi-head) or one loss over the 18 training classes (single head).
+
+    Targets columns: mask, gender, age_band_train, label, age (see dataset.TARGET_COLUMNS). An exact-age head
+    learns the age distribution; with age_head=both the 3-way band head trains beside it at the same weight.
+    """
 
     def __init__(self, cfg: Config, train_targets: np.ndarray):
         super().__init__()
         self.multi = cfg.heads == "multi"
+        self.age_head = cfg.age_head
         weighted = cfg.loss in ("weighted_ce", "focal")
 
         def make(targets, n):
@@ -91,34 +103,47 @@ class TaskLoss(torch.nn.Module):
         if self.multi:
             self.losses = torch.nn.ModuleList(make(train_targets[:, i], n) for i, n in enumerate(HEAD_SIZES.values()))
             self.weights = list(cfg.loss_weights)
+            self.age_dist = AgeDistributionLoss(AGE_BINS, cfg.age_sigma)
         else:
             self.losses = torch.nn.ModuleList([make(self.train_class(train_targets), NUM_CLASSES)])
 
     @staticmethod
     def train_class(targets):
-        """Class with the training-only age band (targets columns: mask, gender, age_band_train, label)."""
-        return encode(targets[:, 0], targets[:, 1], targets[:, 2])
+        """Class with the training-only age band; tensors stay tensors (labels.encode would make numpy)."""
+        return 6 * targets[:, 0] + 3 * targets[:, 1] + targets[:, 2]
 
     def forward(self, outputs, targets):
-        if self.multi:
-            return sum(w * fn(outputs[h], targets[:, i])
-                       for i, (h, fn, w) in enumerate(zip(HEAD_SIZES, self.losses, self.weights)))
-        return self.losses[0](outputs["class"], self.train_class(targets))
+        if not self.multi:
+            return self.losses[0](outputs["class"], self.train_class(targets))
+        (w_mask, w_gender, w_age), (f_mask, f_gender, f_age) = self.weights, self.losses
+        total = w_mask * f_mask(outputs["mask"], targets[:, 0]) + w_gender * f_gender(outputs["gender"], targets[:, 1])
+        if self.age_head in ("band", "both"):
+            total = total + w_age * f_age(outputs["age_band" if self.age_head == "both" else "age"], targets[:, 2])
+        if self.age_head in ("dist", "both"):
+            total = total + w_age * self.age_dist(outputs["age_dist"], targets[:, 4])
+        return total
 
 
 # ------------------------------------------------------------------------------------------------- loops
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt: Runtime, desc: str = "train") -> dict:
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt: Runtime, desc: str = "train",
+                    mixer: BatchMixer | None = None, ema=None) -> dict:
     model.train()
     total, count, start = 0.0, 0, time.perf_counter()
     for x, y, _ in progress(loader, desc=desc):
         x, y = rt.to_input(x), y.to(rt.device, non_blocking=True)
+        x, perm, lam = mixer(x) if mixer is not None else (x, None, 1.0)
         with rt.autocast():
-            loss = loss_fn(model(x), y)
+            out = model(x)
+            loss = loss_fn(out, y)
+            if perm is not None:
+                loss = lam * loss + (1 - lam) * loss_fn(out, y[perm])
         optimizer.zero_grad(set_to_none=True)
         rt.scaler.scale(loss).backward()
         rt.scaler.step(optimizer)
         rt.scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total += loss.item() * len(x)
         count += len(x)
     seconds = time.perf_counter() - start
@@ -146,10 +171,20 @@ def predict_probs(models, loader, rt: Runtime, tta: bool = False, desc: str = "p
         out.append(p.float().cpu())
         seen.append(idx)
     seen = torch.cat(seen).numpy()
-    n = len(loader.dataset)
-    if len(seen) != n or not np.array_equal(seen, np.arange(n)):
-        raise RuntimeError(f"prediction scored {len(seen)} of {n} rows or out of order: refusing to continue")
+    expected = np.asarray(getattr(loader.dataset, "indices", np.arange(len(loader.dataset))))
+    if len(seen) != len(expected) or not np.array_equal(seen, expected):
+        raise RuntimeError(f"prediction scored {len(seen)} of {len(expected)} rows or out of order: refusing to "
+                           "continue")
     return torch.cat(out).numpy()
+
+
+def predict_dataset(models, dataset, rt: "Runtime", batch_size: int, tta: bool = False, num_workers: int = 0,
+                    desc: str = "predict") -> np.ndarray:
+    """predict_probs over a whole dataset; under torchrun each rank scores its share and all get every row."""
+    rows = distributed.shard(len(dataset))
+    part = dataset if len(rows) == len(dataset) else Subset(dataset, rows)
+    loader = make_loader(part, batch_size, train=False, num_workers=num_workers, pin_memory=rt.pin_memory)
+    return distributed.gather_concat(predict_probs(models, loader, rt, tta=tta, desc=desc))
 
 
 def lr_lambda(warmup_steps: int, total_steps: int):
@@ -167,43 +202,59 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
         val_images: np.ndarray, out_dir: str | Path, resume: bool = False) -> dict:
     """Trains one fold, validating every epoch; writes metrics.csv, last.pt, best.pt and val predictions.
 
-    Each epoch seeds its shuffling, augmentation and dropout from (seed, epoch), so a run resumed from last.pt
-    ends exactly as an uninterrupted one would (on CPU).
+    Each epoch seeds its order, augmentation, mixing and dropout from (seed, epoch), so a run resumed from
+    last.pt ends exactly as an uninterrupted one would (on CPU). Under torchrun every rank runs this; rank 0
+    alone writes files.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rt = Runtime(cfg)
     seed_everything(cfg.seed)
-    model = rt.prepare(create_model(cfg.backbone, cfg.heads, cfg.pretrained, cfg.drop_rate))
+    net = rt.prepare(model_from_config(cfg))
+    model = distributed.wrap(net, rt.device, cfg.sync_bn)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
+        if cfg.ema_decay else None
+    scored = ema.module if ema is not None else net  # the weights validated, kept and shipped
     train_targets = targets_of(train_df)
     loss_fn = TaskLoss(cfg, train_targets).to(rt.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_df) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+    mixer = BatchMixer(cfg.mix, cfg.mix_prob, cfg.mix_alpha) if cfg.mix != "none" else None
     train_ds = ImageArrayDataset(train_images, train_targets, create_train_transform(cfg.augment))
-    val_loader = make_loader(ImageArrayDataset(val_images, targets_of(val_df)), cfg.batch_size * 2, train=False,
-                             num_workers=cfg.num_workers, pin_memory=rt.pin_memory)
+    val_ds = ImageArrayDataset(val_images, targets_of(val_df))
     state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
     if resume and last_path.exists():
         ckpt = torch.load(last_path, map_location=rt.device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
+        net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         rt.scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         state = ckpt["state"]
         log.info("resumed %s after epoch %d", out_dir, state["epoch"])
 
     val_labels = val_df["label"].to_numpy()
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"]
-        seed_everything(cfg.seed * 1000 + epoch)
-        train_ds.seed = cfg.seed * 1000 + epoch
-        loader = make_loader(train_ds, cfg.batch_size, train=True, num_workers=cfg.num_workers,
-                             seed=cfg.seed * 1000 + epoch, pin_memory=rt.pin_memory)
-        stats = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, desc=f"epoch {epoch + 1}")
-        probs = predict_probs(model, val_loader, rt, tta=False, desc="validate")
+        epoch_seed = cfg.seed * 1000 + epoch
+        seed_everything(epoch_seed)
+        train_ds.seed = epoch_seed
+        if mixer is not None:
+            mixer.reseed(epoch_seed)
+        order = epoch_order(train_targets, epoch_seed, cfg.sampler)
+        loader = make_loader(train_ds, cfg.batch_size // distributed.world(), train=True,
+                             num_workers=cfg.num_workers, pin_memory=rt.pin_memory,
+                             sampler=distributed.GlobalBatchSampler(order, cfg.batch_size))
+        stats = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, desc=f"epoch {epoch + 1}",
+                                mixer=mixer, ema=ema)
+        stats["train_loss"] = distributed.mean_over_ranks(stats["train_loss"], len(loader.sampler))
+        probs = predict_dataset(scored, val_ds, rt, cfg.batch_size * 2, num_workers=cfg.num_workers,
+                                desc="validate")
         val_loss = float(-np.log(np.clip(probs[np.arange(len(probs)), val_labels], 1e-12, None)).mean())
         row = {"epoch": epoch + 1, **stats, "val_loss": val_loss, **score(val_labels, probs),
                "lr": optimizer.param_groups[0]["lr"]}
@@ -211,41 +262,51 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
         improved = row["f1"] > state["best_f1"]
         if improved:
             state.update(best_f1=row["f1"], best_epoch=epoch + 1, bad_epochs=0)
-            save_torch(best_path, {"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
-                                   "metrics": row})
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        save_torch(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "scaler": rt.scaler.state_dict(),
-                               "state": state, "config": cfg.to_dict()})
-        write_csv(out_dir / "metrics.csv", pd.DataFrame(state["history"]))
+        if distributed.is_main():
+            if improved:
+                save_torch(best_path, {"model": scored.state_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
+                                       "metrics": row})
+            save_torch(last_path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(), "scaler": rt.scaler.state_dict(),
+                                   "ema": ema.state_dict() if ema is not None else None,
+                                   "state": state, "config": cfg.to_dict()})
+            write_csv(out_dir / "metrics.csv", pd.DataFrame(state["history"]))
+        distributed.barrier()
         log.info("epoch %d: loss %.4f  val f1 %.4f (mask %.3f gender %.3f age %.3f)  %.1f img/s%s", epoch + 1,
                  row["train_loss"], row["f1"], row["f1_mask"], row["f1_gender"], row["f1_age"],
                  row["train_img_per_s"], "  *best" if improved else "")
-    return finish_fold(cfg, out_dir, val_df, val_loader, rt, state)
+    return finish_fold(cfg, out_dir, val_df, val_ds, rt, state)
 
 
-def finish_fold(cfg, out_dir: Path, val_df, val_loader, rt: Runtime, state: dict) -> dict:
-    """Scores the best checkpoint on the whole validation fold (with TTA when configured) and saves the evidence."""
+def finish_fold(cfg, out_dir: Path, val_df, val_ds, rt: Runtime, state: dict) -> dict:
+    """Scores the best checkpoint on the whole validation fold (with TTA when configured), with and without
+    person-consistent inference, and saves the evidence."""
+    from .persons import consistency_scores
     from .plots import confusion_matrix_figure, learning_curves_figure, save
 
     model = rt.prepare(load_checkpoint(out_dir / "best.pt", rt.device)[0])
-    probs = predict_probs(model, val_loader, rt, tta=cfg.tta, desc="validate best")
+    probs = predict_dataset(model, val_ds, rt, cfg.batch_size * 2, tta=cfg.tta, num_workers=cfg.num_workers,
+                            desc="validate best")
     labels = val_df["label"].to_numpy()
     result = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "n_val_images": len(val_df),
-              "n_val_persons": int(val_df["person"].nunique()), "tta": cfg.tta, **score(labels, probs)}
-    pred = val_df[["person", "path", "label"]].copy()
-    pred["pred"] = probs.argmax(1)
-    for k in range(NUM_CLASSES):
-        pred[f"p{k}"] = probs[:, k].round(5)
-    write_csv(out_dir / "val_predictions.csv", pred)
-    write_json(out_dir / "summary.json", result)
-    save(confusion_matrix_figure(confusion(labels, probs), cfg.age_bounds), out_dir / "confusion_matrix.png")
-    save(learning_curves_figure(pd.DataFrame(state["history"])), out_dir / "learning_curves.png")
-    import matplotlib.pyplot as plt
+              "n_val_persons": int(val_df["person"].nunique()), "tta": cfg.tta, **score(labels, probs),
+              **consistency_scores(labels, probs, val_ds.images, val_df["person"].to_numpy(), cfg.group_threshold)}
+    if distributed.is_main():
+        pred = val_df[["person", "path", "label"]].copy()
+        pred["pred"] = probs.argmax(1)
+        for k in range(NUM_CLASSES):
+            pred[f"p{k}"] = probs[:, k].round(5)
+        write_csv(out_dir / "val_predictions.csv", pred)
+        write_json(out_dir / "summary.json", result)
+        save(confusion_matrix_figure(confusion(labels, probs), cfg.age_bounds), out_dir / "confusion_matrix.png")
+        save(learning_curves_figure(pd.DataFrame(state["history"])), out_dir / "learning_curves.png")
+        import matplotlib.pyplot as plt
 
-    plt.close("all")
+        plt.close("all")
+    distributed.barrier()
     return result
 
 
@@ -256,7 +317,7 @@ def load_checkpoint(path: str | Path, device="cpu") -> tuple[MaskClassifier, Con
         raise FileNotFoundError(f"{path}: checkpoint not found")
     ckpt = torch.load(path, map_location=device, weights_only=False)
     cfg = Config.from_dict(ckpt["config"], source=str(path))
-    model = create_model(cfg.backbone, cfg.heads, pretrained="none", drop_rate=cfg.drop_rate)
+    model = model_from_config(cfg, pretrained="none")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

@@ -41,6 +41,21 @@ class F1Loss(nn.Module):
         return 1 - f1.mean()
 
 
+class AgeDistributionLoss(nn.Module):
+    """Cross-entropy against a Gaussian over one-year bins centred on the exact age (label distribution learning):
+    neighbouring ages share evidence, so a 29- and a 31-year-old teach the model almost the same thing."""
+
+    def __init__(self, num_bins: int, sigma: float = 3.0):
+        super().__init__()
+        self.register_buffer("bins", torch.arange(num_bins, dtype=torch.float32))
+        self.sigma = sigma
+
+    def forward(self, logits, age):
+        age = age.float().clamp(0, len(self.bins) - 1)
+        target = (-0.5 * ((self.bins[None] - age[:, None]) / self.sigma) ** 2).softmax(-1)
+        return -(target * logits.float().log_softmax(-1)).sum(-1).mean()
+
+
 def inverse_frequency_weights(targets, num_classes: int) -> torch.Tensor:
     """Weights proportional to 1/count, scaled to mean 1; a class absent from training gets weight 1."""
     counts = torch.bincount(torch.as_tensor(targets, dtype=torch.long), minlength=num_classes).float()

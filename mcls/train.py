@@ -51,9 +51,9 @@ def train(cfg: Config, resume: bool = False) -> dict:
 def summarise_folds(results: dict[int, dict]) -> dict:
     """Mean (and spread) of each fold metric; `folds` lists the folds behind it."""
     df = pd.DataFrame(results.values())
-    keys = [c for c in df.columns if c.startswith(("f1", "acc"))]
+    keys = [c for c in df.columns if c.startswith(("f1", "acc", "pc_", "group_ari"))]
     out = {k: float(df[k].mean()) for k in keys}
-    out.update({f"{k}_std": float(df[k].std(ddof=0)) for k in ("f1", "f1_age", "f1_old")})
+    out.update({f"{k}_std": float(df[k].std(ddof=0)) for k in ("f1", "f1_age", "f1_old", "pc_f1") if k in df})
     out["folds"] = list(results)
     out["per_fold"] = {str(k): v for k, v in results.items()}
     return out

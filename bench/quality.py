@@ -1,0 +1,235 @@
+"""Quality ablation: trains config variants on person-held-out folds and tabulates what each one buys.
+
+    .venv/bin/python bench/quality.py --data ../shared/data/utkmask --folds 0,1            # quick screen
+    .venv/bin/python bench/quality.py --data ../shared/data/utkmask --folds all --variants default
+
+Every variant is a set of config overrides on PLAIN (the plain fine-tune the kit started from). Each
+(variant, fold) trains into runs/quality/<variant>-<config hash>/fold<k>; a finished fold is reused and an
+interrupted one resumes from its last epoch, so the command can be re-run after a crash or with more folds.
+Inference-only options (flip TTA, person-consistent inference) are scored from the same checkpoints, as rows
+"<variant> +tta" and "<variant> +tta +persons". Fold 0 also gets the mask head's accuracy under shifts.
+
+Writes bench/results/quality.{md,csv} (one row per variant: mean and spread over the folds it ran),
+quality_folds.csv (one row per fold), quality_robustness.csv and quality.png (macro F1 vs training time).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import machine  # noqa: E402
+
+from mcls.config import Config  # noqa: E402
+from mcls.dataset import ImageArrayDataset  # noqa: E402
+from mcls.engine import Runtime, fit, load_checkpoint, predict_dataset  # noqa: E402
+from mcls.io import write_json  # noqa: E402
+from mcls.metrics import score  # noqa: E402
+from mcls.persons import consistency_scores  # noqa: E402
+from mcls.robustness import mask_robustness  # noqa: E402
+from mcls.train import load_training_data  # noqa: E402
+
+# The issue's plain fine-tune: packaged ImageNet weights, 128 px, three CE heads, AdamW + cosine, light aug.
+PLAIN = dict(backbone="tf_efficientnet_lite0", pretrained="offline", img_size=128, heads="multi", loss="ce",
+             augment="light", age_head="band", train_old_age=60, sampler="uniform", mix="none", ema_decay=0.0,
+             epochs=6, batch_size=32, lr=1e-3, tta=False, person_consistent=False)
+
+VARIANTS = {
+    "plain": {},
+    "scratch": dict(pretrained="none"),
+    "single-head": dict(heads="single"),
+    "age-dist": dict(age_head="dist"),
+    "age-both": dict(age_head="both"),
+    "old58": dict(train_old_age=58),
+    "weighted-ce": dict(loss="weighted_ce"),
+    "focal": dict(loss="focal"),
+    "label-smoothing": dict(loss="label_smoothing"),
+    "f1-loss": dict(loss="f1"),
+    "balanced": dict(sampler="balanced"),
+    "ema": dict(ema_decay=0.995),
+    "vcutmix": dict(mix="vcutmix"),
+    "cutmix": dict(mix="cutmix"),
+    "mixup": dict(mix="mixup"),
+    "strong-aug": dict(augment="strong"),
+    "lite1": dict(backbone="tf_efficientnet_lite1"),
+    "lite2": dict(backbone="tf_efficientnet_lite2"),
+    "mobilenetv2": dict(backbone="mobilenetv2_100"),
+    "160px": dict(img_size=160),
+    "default": None,  # the package's Config() defaults, whatever they are now
+}
+
+
+def variant_config(name: str, data_dir: str) -> Config:
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    base = {} if VARIANTS[name] is None else {**PLAIN, **VARIANTS[name]}
+    return Config().updated({**base, "data_dir": data_dir, "fold": 0, "n_folds": 5, "seed": 42})
+
+
+def config_hash(cfg: Config) -> str:
+    keep = {k: v for k, v in cfg.to_dict().items() if k not in ("run_dir", "fold", "tracker")}
+    return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:8]
+
+
+class DataCache:
+    """Decoded images per (size, crop): variants at one size share one decode."""
+
+    def __init__(self):
+        self.cache = {}
+
+    def get(self, cfg: Config):
+        key = (cfg.data_dir, cfg.img_size, cfg.crop, cfg.train_old_age, tuple(cfg.age_bounds))
+        if key not in self.cache:
+            self.cache = {key: load_training_data(cfg)}  # keep one: utkmask at 160 px is 0.5 GB
+        return self.cache[key]
+
+
+def run_fold(cfg: Config, fold: int, run_dir: Path, data: DataCache, robustness: bool) -> dict:
+    """Trains (or reuses) one fold and scores its best checkpoint with and without TTA and persons."""
+    out = run_dir / f"fold{fold}"
+    done = out / "bench.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    table, images = data.get(cfg)
+    is_val = (table["fold"] == fold).to_numpy()
+    val_df = table[is_val].reset_index(drop=True)
+    timing_file = out / "timing.json"
+    spent = json.loads(timing_file.read_text()) if timing_file.exists() else {"wall_s": 0.0, "cpu_s": 0.0}
+    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+    fit(cfg, table[~is_val].reset_index(drop=True), val_df, images[~is_val], images[is_val], out, resume=True)
+    spent = {"wall_s": spent["wall_s"] + time.perf_counter() - wall0, "cpu_s": spent["cpu_s"] + _cpu_seconds() - cpu0}
+    write_json(timing_file, spent)
+
+    rt = Runtime(cfg)
+    model = rt.prepare(load_checkpoint(out / "best.pt", rt.device)[0])
+    val_ds = ImageArrayDataset(images[is_val])
+    labels, persons = val_df["label"].to_numpy(), val_df["person"].to_numpy()
+    result = {"fold": fold, **spent, "best_epoch": json.loads((out / "summary.json").read_text())["best_epoch"]}
+    for tta in (False, True):
+        probs = predict_dataset(model, val_ds, rt, 128, tta=tta)
+        tag = "+tta" if tta else ""
+        result.update({f"{k}{tag}": v for k, v in score(labels, probs).items()})
+        if tta:
+            pc = consistency_scores(labels, probs, images[is_val], persons, cfg.group_threshold)
+            result.update({f"{k[3:]}+tta+persons" if k.startswith("pc_") else k: v for k, v in pc.items()})
+    if robustness:
+        rob = mask_robustness(model, images[is_val], val_df["mask"].to_numpy(), rt)
+        rob.to_csv(out / "robustness.csv", index=False)
+    write_json(done, result)
+    return result
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def summarise(folds: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant and inference mode: mean, spread and count over the folds run."""
+    rows = []
+    for name, g in folds.groupby("variant", sort=False):
+        for tag in ("", "+tta", "+tta+persons"):
+            label = f"{name} {tag.replace('+', ' +').strip()}".strip()
+
+            def m(key):
+                return g[f"{key}{tag}"].mean()
+
+            rows.append({"variant": label, "folds": len(g), "f1": m("f1"), "f1_std": g[f"f1{tag}"].std(ddof=0),
+                         "acc": m("acc"), "acc_mask": m("acc_mask"), "acc_gender": m("acc_gender"),
+                         "acc_age": m("acc_age"), "f1_age": m("f1_age"), "f1_old": m("f1_old"),
+                         "group_ari": g["group_ari"].mean() if tag == "+tta+persons" else np.nan,
+                         "train_min_per_fold": g["wall_s"].mean() / 60, "best_epoch": g["best_epoch"].mean()})
+    return pd.DataFrame(rows)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/utkmask")
+    ap.add_argument("--variants", default="plain,age-both,ema,vcutmix,old58,balanced,strong-aug")
+    ap.add_argument("--folds", default="0,1", help="comma list of the 5 folds, or 'all'")
+    ap.add_argument("--runs", default="runs/quality")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args(argv)
+    folds = list(range(5)) if args.folds == "all" else [int(f) for f in args.folds.split(",")]
+    data = DataCache()
+    command = " ".join([".venv/bin/python", "bench/quality.py", *(argv or sys.argv[1:])])
+    for name in args.variants.split(","):
+        cfg = variant_config(name, args.data)
+        run_dir = Path(args.runs) / f"{name}-{config_hash(cfg)}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        for k in folds:
+            res = run_fold(cfg, k, run_dir, data, robustness=(k == 0))
+            print(f"{name} fold {k}: f1 {res['f1']:.4f}  +tta {res['f1+tta']:.4f}  +persons "
+                  f"{res['f1+tta+persons']:.4f}  ({res['wall_s'] / 60:.1f} min)", flush=True)
+        write_tables(Path(args.runs), Path(args.out), command)
+
+
+def collect(runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every finished fold under runs/ (whatever command produced it), with the variant named by its folder."""
+    folds, robust = [], []
+    for done in sorted(runs.glob("*/fold*/bench.json")):
+        name = done.parent.parent.name.rsplit("-", 1)[0]
+        folds.append({"variant": name, "run": done.parent.parent.name, **json.loads(done.read_text())})
+        rob = done.parent / "robustness.csv"
+        if rob.exists():
+            robust.append(pd.read_csv(rob).assign(variant=name))
+    return pd.DataFrame(folds), (pd.concat(robust) if robust else pd.DataFrame())
+
+
+def write_tables(runs: Path, out: Path, command: str) -> None:
+    folds, robust = collect(runs)
+    if folds.empty:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    table = summarise(folds).sort_values("f1", ascending=False)
+    table.to_csv(out / "quality.csv", index=False)
+    folds.to_csv(out / "quality_folds.csv", index=False)
+    text = (f"# Quality: person-held-out folds of {runs}\n\nmachine: {machine()}\n\ncommand: `{command}`\n\n"
+            "Mean over the folds run (`folds`), `f1_std` its spread; `train_min_per_fold` is wall time.\n\n"
+            + table.round(4).to_markdown(index=False) + "\n")
+    if not robust.empty:
+        robust.to_csv(out / "quality_robustness.csv", index=False)
+        wide = robust.pivot_table(index="variant", columns="shift", values="acc_incorrect", sort=False)
+        text += ("\n## Mask head under shifts (fold 0): accuracy on 'incorrect' images\n\n"
+                 + wide.round(3).to_markdown() + "\n")
+        wide = robust.pivot_table(index="variant", columns="shift", values="acc_mask", sort=False)
+        text += "\n## Mask head under shifts (fold 0): accuracy over all mask states\n\n" + wide.round(3).to_markdown() + "\n"
+    (out / "quality.md").write_text(text)
+    plot(table, out / "quality.png")
+    print(text, flush=True)
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.errorbar(table["train_min_per_fold"], table["f1"], yerr=table["f1_std"], fmt="o", capsize=3)
+    for _, r in table.iterrows():
+        ax.annotate(r["variant"], (r["train_min_per_fold"], r["f1"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set(xlabel="training wall time per fold (min)", ylabel="validation macro F1 (mean over folds)",
+           title="Quality vs training time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
