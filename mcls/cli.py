@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,9 +19,13 @@ def _config(args):
 def cmd_train(args) -> None:
     from .train import train
 
+    from . import distributed
+
     summary = train(_config(args), resume=args.resume)
-    shown = {k: round(v, 4) for k, v in summary.items() if isinstance(v, float) and not k.endswith("_std")}
-    print(json.dumps(shown, indent=2))
+    if distributed.is_main():
+        shown = {k: round(v, 4) for k, v in summary.items() if isinstance(v, float) and not k.endswith("_std")}
+        print(json.dumps(shown, indent=2))
+    distributed.shutdown()
 
 
 def cmd_predict(args) -> None:
@@ -213,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    quiet = int(os.environ.get("RANK", "0")) > 0  # under torchrun, rank 0 speaks for all
+    logging.basicConfig(level=logging.WARNING if quiet else logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s")
     try:
         args.fn(args)
     except (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError) as err:

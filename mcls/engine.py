@@ -73,7 +73,8 @@ class Runtime:
 def progress(iterable, **kwargs):
     """tqdm that redraws rarely when nobody watches a terminal (CI logs, papermill), so logs stay short."""
     interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
-    return tqdm(iterable, mininterval=0.5 if interactive else 30, leave=False, **kwargs)
+    return tqdm(iterable, mininterval=0.5 if interactive else 30, leave=False, disable=not distributed.is_main(),
+                **kwargs)
 
 
 def seed_everything(seed: int) -> None:

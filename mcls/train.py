@@ -6,6 +6,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from . import distributed
 from .config import Config
 from .data import data_fingerprint, load_train_table
 from .engine import fit
@@ -31,10 +32,25 @@ def load_training_data(cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def train(cfg: Config, resume: bool = False) -> dict:
-    """Trains `cfg.fold` (or every fold when fold=-1) into the run folder; returns the run summary."""
-    cfg, run_dir = open_run(cfg.resolved(), resume=resume)
+    """Trains `cfg.fold` (or every fold when fold=-1) into the run folder; returns the run summary.
+
+    Under torchrun every process calls this: rank 0 opens the run folder and tells the others where it is, and
+    only rank 0 writes run records.
+    """
+    distributed.init(cfg.device)
+    opened = None
+    if distributed.is_main():
+        try:
+            opened = open_run(cfg.resolved(), resume=resume)
+        except Exception as err:  # every rank must learn of it, or the others wait forever
+            opened = err
+    opened = distributed.broadcast(opened)
+    if isinstance(opened, Exception):
+        raise opened
+    cfg, run_dir = opened
     table, images = load_training_data(cfg)
-    write_run_info(run_dir, data_fingerprint(table), len(table))
+    if distributed.is_main():
+        write_run_info(run_dir, data_fingerprint(table), len(table), {"processes": distributed.world()})
     folds = range(cfg.n_folds) if cfg.fold == -1 else [cfg.fold]
     results = {}
     for k in folds:
@@ -43,8 +59,10 @@ def train(cfg: Config, resume: bool = False) -> dict:
         results[k] = fit(cfg, table[~is_val].reset_index(drop=True), table[is_val].reset_index(drop=True),
                          images[~is_val], images[is_val], run_dir / f"fold{k}", resume=resume)
     summary = summarise_folds(results)
-    write_json(run_dir / "summary.json", summary)
-    log_run(cfg, run_dir)
+    if distributed.is_main():
+        write_json(run_dir / "summary.json", summary)
+        log_run(cfg, run_dir)
+    distributed.barrier()
     return summary
 
 
