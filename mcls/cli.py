@@ -33,11 +33,13 @@ def cmd_predict(args) -> None:
 
     cfg = _config(args)
     tta = None if args.tta is None else args.tta == "on"
+    persons = None if args.persons is None else args.persons == "on"
     if args.folder:
         out = args.out or str(Path(args.run) / "predictions.csv")
-        print(predict_folder(args.folder, args.run, out, tta=tta, device=cfg.device, on_bad_image=cfg.on_bad_image))
+        print(predict_folder(args.folder, args.run, out, tta=tta, device=cfg.device, on_bad_image=cfg.on_bad_image,
+                             persons=persons))
     else:
-        print(write_submission(cfg.data_dir, args.run, args.out, tta=tta, device=cfg.device))
+        print(write_submission(cfg.data_dir, args.run, args.out, tta=tta, device=cfg.device, persons=persons))
 
 
 def cmd_folds(args) -> None:
@@ -187,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", help="predict every image under this folder instead of eval/info.csv")
     p.add_argument("--out", help="output CSV path")
     p.add_argument("--tta", choices=("on", "off"), help="flip TTA (default: the run's config)")
+    p.add_argument("--persons", choices=("on", "off"),
+                   help="person-consistent inference: share gender/age within blindly grouped images "
+                        "(default: the run's config key person_consistent)")
     add("folds", cmd_folds, "show persons per fold and gender x age cell")
     add("check", cmd_check, "validate a data folder and list every problem")
     add("demo", cmd_demo, "train briefly on data/sample and write a submission")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .config import Config
 from .data import list_images, load_eval_table
@@ -14,6 +15,7 @@ from .faces import CropSettings
 from .images import load_images
 from .io import keep_previous, write_csv
 from .labels import NUM_CLASSES, age_band_names, decode, GENDERS, MASK_STATES
+from .persons import person_consistent
 
 
 class SubmissionError(ValueError):
@@ -41,15 +43,21 @@ def load_ensemble(checkpoints, device) -> tuple[list, Config]:
 
 
 def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "auto", batch_size: int = 64,
-                  on_bad_image: str = "error") -> tuple[np.ndarray, list[int]]:
-    """(N, 18) probabilities for image files, prepared exactly as validation images are. Never shuffles."""
+                  on_bad_image: str = "error", persons: bool | None = None) -> tuple[np.ndarray, list[int]]:
+    """(N, 18) probabilities for image files, prepared exactly as validation images are. Never shuffles.
+
+    tta / persons (person-consistent inference over these images) default to the run's config."""
     rt = Runtime(Config(device=device))
     models, cfg = load_ensemble(checkpoints, rt.device)
     models = [rt.prepare(m) for m in models]
     # the run's own crop settings: a model trained on face crops must see face crops
     images, bad = load_images(paths, cfg.img_size, on_bad_image, crop=CropSettings.from_config(cfg, device=device))
     loader = make_loader(ImageArrayDataset(images), batch_size, train=False)
-    return predict_probs(models, loader, rt, tta=cfg.tta if tta is None else tta), bad
+    probs = predict_probs(models, loader, rt, tta=cfg.tta if tta is None else tta)
+    if cfg.person_consistent if persons is None else persons:
+        keep = np.setdiff1d(np.arange(len(paths)), bad)
+        probs[keep] = person_consistent(probs[keep], images[keep], cfg.group_threshold)[0]
+    return probs, bad
 
 
 def check_submission(sub: pd.DataFrame, info: pd.DataFrame, where: str = "submission") -> None:
@@ -72,11 +80,11 @@ def check_submission(sub: pd.DataFrame, info: pd.DataFrame, where: str = "submis
 
 
 def write_submission(data_dir: str | Path, run: str | Path, out: str | Path | None = None, tta: bool | None = None,
-                     device: str = "auto") -> Path:
+                     device: str = "auto", persons: bool | None = None) -> Path:
     """Predicts eval/info.csv with the run's fold ensemble; writes `ImageID,ans` in info.csv's exact order."""
     info = load_eval_table(data_dir)
     checkpoints = find_checkpoints(run)
-    probs, _ = predict_paths(info["path"], checkpoints, tta=tta, device=device)
+    probs, _ = predict_paths(info["path"], checkpoints, tta=tta, device=device, persons=persons)
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": probs.argmax(1).astype(int)})
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     out = Path(out) if out else run_dir / "submission.csv"
@@ -98,12 +106,13 @@ def predictions_table(paths, probs: np.ndarray, age_bounds=(30, 60)) -> pd.DataF
 
 
 def predict_folder(folder: str | Path, run: str | Path, out: str | Path, tta: bool | None = None,
-                   device: str = "auto", on_bad_image: str = "error") -> Path:
+                   device: str = "auto", on_bad_image: str = "error", persons: bool | None = None) -> Path:
     """Predicts every image under `folder` into a CSV; unreadable files are listed (skip) or stop the run (error)."""
     paths = list_images(folder)
     checkpoints = find_checkpoints(run)
-    probs, bad = predict_paths(paths, checkpoints, tta=tta, device=device, on_bad_image=on_bad_image)
+    probs, bad = predict_paths(paths, checkpoints, tta=tta, device=device, on_bad_image=on_bad_image,
+                               persons=persons)
     keep = np.setdiff1d(np.arange(len(paths)), bad)
-    cfg = load_checkpoint(checkpoints[0])[1]
+    cfg = Config.from_dict(torch.load(checkpoints[0], map_location="cpu", weights_only=False)["config"])
     write_csv(out, predictions_table([paths[i] for i in keep], probs[keep], cfg.age_bounds))
     return Path(out)

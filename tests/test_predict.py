@@ -67,3 +67,20 @@ def test_a_different_submission_never_replaces_the_old_one_silently(trained_run,
     assert len(backups) == 1 and backups[0].read_text() == old and out.read_text() != old
     write_submission(sample_dir, trained_run, out=out)  # same content again: nothing to keep
     assert len(list(tmp_path.glob("submission.*.csv"))) == 1
+
+
+def test_person_consistent_prediction_answers_gender_and_age_once_per_blind_group(trained_run, sample_dir):
+    from mcls.data import load_train_table
+    from mcls.images import load_images
+    from mcls.labels import decode
+    from mcls.persons import face_embeddings, group_images
+    from mcls.predict import find_checkpoints, predict_paths
+
+    table = load_train_table(sample_dir)
+    paths = table[table["person"].isin(table["person"].unique()[:6])]["path"]  # 6 persons x 7 photos
+    probs, _ = predict_paths(paths, find_checkpoints(trained_run), persons=True)
+    _, gender, age = decode(probs.argmax(1))
+    cfg = load_checkpoint(find_checkpoints(trained_run)[0])[1]
+    groups = group_images(face_embeddings(load_images(paths, cfg.img_size)[0]), cfg.group_threshold)
+    per_group = pd.DataFrame({"g": groups, "gender": gender, "age": age}).groupby("g").nunique()
+    assert (per_group == 1).all().all() and len(per_group) < len(paths) / 2
