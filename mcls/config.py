@@ -30,6 +30,7 @@ class Config:
     crop_min_confidence: float = 0.9  # weaker detections count as no face
     crop_fallback: float = 0.8  # no face: centred square, this fraction of the shorter side
     crop_cache: str = ".cache/mcls/crops"  # detections cached by image content; "" = no disk cache
+    image_cache: str = ".cache/mcls/images"  # decoded arrays keyed by files, size and crop; "" = decode every run
     # --- folds ---
     n_folds: int = 5
     fold: int = 0  # validation fold to train against; -1 trains every fold

@@ -18,11 +18,13 @@ class ImageArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
+        """`item` is a row, or (row, epoch seed) from a training sampler."""
+        i, seed = item if isinstance(item, tuple) else (item, self.seed)
         img = self.images[i]
         if self.transform is not None:
             # Seeding per (epoch seed, item) makes augmentation independent of worker count and of resuming.
-            self.transform.set_random_seed((self.seed * 1_000_003 + int(i)) % 2**32)
+            self.transform.set_random_seed((seed * 1_000_003 + int(i)) % 2**32)
             img = self.transform(image=img)["image"]
         x = torch.from_numpy(np.array(img, copy=not img.flags.writeable)).permute(2, 0, 1)
         return x, torch.as_tensor(self.targets[i], dtype=torch.long), i
@@ -59,7 +61,8 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int
     generator = torch.Generator().manual_seed(seed) if train else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       drop_last=False, num_workers=num_workers, generator=generator, pin_memory=pin_memory,
-                      persistent_workers=False, worker_init_fn=_seed_worker if num_workers else None)
+                      persistent_workers=train and num_workers > 0,
+                      worker_init_fn=_seed_worker if num_workers else None)
 
 
 def _seed_worker(worker_id: int) -> None:

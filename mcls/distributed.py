@@ -110,25 +110,27 @@ def shard(n: int) -> np.ndarray:
 class GlobalBatchSampler(Sampler):
     """This rank's slice of each global batch of an epoch order that every rank draws identically.
 
-    The last, short global batch is padded from the epoch's start so every rank gets the same number of items
-    (DDP needs every rank to step together).
+    Items come out as (row, epoch seed): the augmentation seed travels with the index, so persistent loader
+    workers (which keep their own copy of the dataset) still augment each epoch afresh. The last, short global
+    batch is padded from the epoch's start so every rank gets the same number of items (DDP steps together).
     """
 
-    def __init__(self, order: np.ndarray, global_batch: int):
-        w, r = world(), rank()
-        if global_batch % w:
-            raise ValueError(f"batch_size={global_batch} must be divisible by the {w} processes")
-        per = global_batch // w
+    def __init__(self, global_batch: int):
+        if global_batch % world():
+            raise ValueError(f"batch_size={global_batch} must be divisible by the {world()} processes")
+        self.global_batch, self.rows, self.seed = global_batch, [], 0
+
+    def set_epoch(self, order: np.ndarray, seed: int) -> None:
+        w, r, per = world(), rank(), self.global_batch // world()
         rows = []
-        for start in range(0, len(order), global_batch):
-            batch = order[start:start + global_batch]
-            short = (-len(batch)) % w
-            batch = np.concatenate([batch, order[:short]])
+        for start in range(0, len(order), self.global_batch):
+            batch = order[start:start + self.global_batch]
+            batch = np.concatenate([batch, order[:(-len(batch)) % w]])
             rows.extend(np.array_split(batch, w)[r][:per].tolist())
-        self.rows = rows
+        self.rows, self.seed = rows, seed
 
     def __iter__(self):
-        return iter(self.rows)
+        return iter([(row, self.seed) for row in self.rows])
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -240,17 +240,17 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
         log.info("resumed %s after epoch %d", out_dir, state["epoch"])
 
     val_labels = val_df["label"].to_numpy()
+    sampler = distributed.GlobalBatchSampler(cfg.batch_size)
+    # one loader per fold: its workers persist across epochs, the sampler hands them each epoch's order and seed
+    loader = make_loader(train_ds, cfg.batch_size // distributed.world(), train=True, num_workers=cfg.num_workers,
+                         pin_memory=rt.pin_memory, sampler=sampler)
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"]
         epoch_seed = cfg.seed * 1000 + epoch
         seed_everything(epoch_seed)
-        train_ds.seed = epoch_seed
         if mixer is not None:
             mixer.reseed(epoch_seed)
-        order = epoch_order(train_targets, epoch_seed, cfg.sampler)
-        loader = make_loader(train_ds, cfg.batch_size // distributed.world(), train=True,
-                             num_workers=cfg.num_workers, pin_memory=rt.pin_memory,
-                             sampler=distributed.GlobalBatchSampler(order, cfg.batch_size))
+        sampler.set_epoch(epoch_order(train_targets, epoch_seed, cfg.sampler), epoch_seed)
         stats = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, desc=f"epoch {epoch + 1}",
                                 mixer=mixer, ema=ema)
         stats["train_loss"] = distributed.mean_over_ranks(stats["train_loss"], len(loader.sampler))

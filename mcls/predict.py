@@ -12,7 +12,7 @@ from .data import list_images, load_eval_table
 from .dataset import ImageArrayDataset, make_loader
 from .engine import Runtime, load_checkpoint, predict_probs
 from .faces import CropSettings
-from .images import load_images
+from .image_cache import cached_images
 from .io import keep_previous, write_csv
 from .labels import NUM_CLASSES, age_band_names, decode, GENDERS, MASK_STATES
 from .persons import person_consistent
@@ -51,7 +51,8 @@ def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "au
     models, cfg = load_ensemble(checkpoints, rt.device)
     models = [rt.prepare(m) for m in models]
     # the run's own crop settings: a model trained on face crops must see face crops
-    images, bad = load_images(paths, cfg.img_size, on_bad_image, crop=CropSettings.from_config(cfg, device=device))
+    images, bad = cached_images(paths, cfg.img_size, on_bad_image, CropSettings.from_config(cfg, device=device),
+                                cfg.image_cache)
     loader = make_loader(ImageArrayDataset(images), batch_size, train=False)
     probs = predict_probs(models, loader, rt, tta=cfg.tta if tta is None else tta)
     if cfg.person_consistent if persons is None else persons:

@@ -12,7 +12,7 @@ from .data import data_fingerprint, load_train_table
 from .engine import fit
 from .faces import CropSettings
 from .folds import assign_folds
-from .images import load_images
+from .image_cache import cached_images
 from .io import write_json
 from .runs import open_run, write_run_info
 from .tracking import log_run
@@ -23,7 +23,12 @@ log = logging.getLogger(__name__)
 def load_training_data(cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
     """The image table (with a `fold` column) and its decoded images; unreadable images dropped if on_bad_image=skip."""
     table = load_train_table(cfg.data_dir, cfg.age_bounds, cfg.train_old_age, cfg.relabel_file or None)
-    images, bad = load_images(table["path"], cfg.img_size, cfg.on_bad_image, crop=CropSettings.from_config(cfg))
+    crop = CropSettings.from_config(cfg)
+    if not distributed.is_main():  # rank 0 decodes into the cache first; the others then read its memory map
+        distributed.barrier()
+    images, bad = cached_images(table["path"], cfg.img_size, cfg.on_bad_image, crop, cfg.image_cache)
+    if distributed.is_main():
+        distributed.barrier()
     if bad:
         keep = np.setdiff1d(np.arange(len(table)), bad)
         table, images = table.iloc[keep].reset_index(drop=True), images[keep]

@@ -60,7 +60,9 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
 
 def test_exactly_one_set_of_run_files(runs):
     base, two = runs
-    assert sorted(p.name for p in base.iterdir()) == ["one", "two"]  # no stray runs/<timestamp> from rank 1
+    # no stray runs/<timestamp> from rank 1; .cache holds the decoded images both processes shared
+    assert sorted(p.name for p in base.iterdir()) == [".cache", "one", "two"]
+    assert len(list((base / ".cache" / "mcls" / "images").glob("*.npy"))) == 1
     files = sorted(str(p.relative_to(base / "two")) for p in (base / "two").rglob("*") if p.is_file())
     assert files == sorted(str(p.relative_to(base / "one")) for p in (base / "one").rglob("*") if p.is_file())
     assert two.stdout.count('"f1"') == 1  # rank 0 alone reports

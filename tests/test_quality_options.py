@@ -85,14 +85,18 @@ def test_balanced_order_draws_the_old_cells_as_often_as_the_others():
 
 def test_global_batches_split_between_ranks_without_loss_or_overlap(monkeypatch):
     order = np.random.default_rng(0).permutation(37)
-    monkeypatch.setattr(distributed, "world", lambda: 1)
-    monkeypatch.setattr(distributed, "rank", lambda: 0)
-    assert list(distributed.GlobalBatchSampler(order, 8)) == order.tolist()
-    parts = []
-    monkeypatch.setattr(distributed, "world", lambda: 2)
-    for r in (0, 1):
-        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
-        parts.append(list(distributed.GlobalBatchSampler(order, 8)))
+
+    def rows(world, rank):
+        monkeypatch.setattr(distributed, "world", lambda: world)
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        sampler = distributed.GlobalBatchSampler(8)
+        sampler.set_epoch(order, seed=5)
+        items = list(sampler)
+        assert {seed for _, seed in items} == {5}  # the epoch's augmentation seed rides with every row
+        return [row for row, _ in items]
+
+    assert rows(1, 0) == order.tolist()
+    parts = [rows(2, 0), rows(2, 1)]
     assert len(parts[0]) == len(parts[1])  # every rank steps the same number of times
     for b in range(5):  # each global batch of 8 is rank 0's 4 then rank 1's 4
         joined = parts[0][4 * b:4 * b + 4] + parts[1][4 * b:4 * b + 4]
