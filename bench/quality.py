@@ -38,12 +38,12 @@ from common import ActiveClock, machine  # noqa: E402
 
 from mcls.config import Config  # noqa: E402
 from mcls.dataset import ImageArrayDataset  # noqa: E402
-from mcls.engine import Runtime, fit, load_checkpoint, predict_dataset  # noqa: E402
+from mcls.engine import Runtime, load_checkpoint, predict_dataset  # noqa: E402
 from mcls.io import write_json  # noqa: E402
 from mcls.metrics import score  # noqa: E402
 from mcls.persons import consistency_scores  # noqa: E402
 from mcls.robustness import mask_robustness  # noqa: E402
-from mcls.train import load_training_data  # noqa: E402
+from mcls.train import fit_fold, load_training_data  # noqa: E402
 
 # The issue's plain fine-tune: packaged ImageNet weights, 128 px, three CE heads, AdamW + cosine, light aug.
 PLAIN = dict(backbone="tf_efficientnet_lite0", pretrained="offline", img_size=128, heads="multi", loss="ce",
@@ -71,15 +71,26 @@ VARIANTS = {
     "lite2": dict(backbone="tf_efficientnet_lite2"),
     "mobilenetv2": dict(backbone="mobilenetv2_100"),
     "160px": dict(img_size=160),
+    "old59": dict(train_old_age=59),
+    "age-weight2": dict(loss_weights=[1.0, 1.0, 2.0]),
+    "pseudo-val": dict(pseudo_label="validation", pseudo_run="@plain", pseudo_threshold=0.9),
     "default": None,  # the package's Config() defaults, whatever they are now
 }
 
 
-def variant_config(name: str, data_dir: str) -> Config:
+def variant_config(name: str, data_dir: str, runs: Path) -> Config:
+    """The variant's config; a value "@other" names the run folder of variant `other` (a pseudo-label teacher)."""
     if name not in VARIANTS:
         raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
     base = {} if VARIANTS[name] is None else {**PLAIN, **VARIANTS[name]}
+    for key, value in base.items():
+        if isinstance(value, str) and value.startswith("@"):
+            base[key] = str(run_folder(value[1:], data_dir, runs))
     return Config().updated({**base, "data_dir": data_dir, "fold": 0, "n_folds": 5, "seed": 42})
+
+
+def run_folder(name: str, data_dir: str, runs: Path) -> Path:
+    return Path(runs) / f"{name}-{config_hash(variant_config(name, data_dir, runs))}"
 
 
 def config_hash(cfg: Config) -> str:
@@ -112,7 +123,7 @@ def run_fold(cfg: Config, fold: int, run_dir: Path, data: DataCache, robustness:
     timing_file = out / "timing.json"
     spent = json.loads(timing_file.read_text()) if timing_file.exists() else {"wall_s": 0.0, "cpu_s": 0.0}
     clock, cpu0 = ActiveClock(), _cpu_seconds()
-    fit(cfg, table[~is_val].reset_index(drop=True), val_df, images[~is_val], images[is_val], out, resume=True)
+    n_pseudo = fit_fold(cfg, table, images, fold, out, resume=True)["n_pseudo"]
     spent = {"wall_s": spent["wall_s"] + clock.seconds(), "cpu_s": spent["cpu_s"] + _cpu_seconds() - cpu0,
              "finished": time.time()}
     write_json(timing_file, spent)
@@ -121,7 +132,8 @@ def run_fold(cfg: Config, fold: int, run_dir: Path, data: DataCache, robustness:
     model = rt.prepare(load_checkpoint(out / "best.pt", rt.device)[0])
     val_ds = ImageArrayDataset(images[is_val])
     labels, persons = val_df["label"].to_numpy(), val_df["person"].to_numpy()
-    result = {"fold": fold, **spent, "best_epoch": json.loads((out / "summary.json").read_text())["best_epoch"]}
+    result = {"fold": fold, **spent, "best_epoch": json.loads((out / "summary.json").read_text())["best_epoch"],
+              "n_pseudo": n_pseudo}
     for tta in (False, True):
         probs = predict_dataset(model, val_ds, rt, 128, tta=tta)
         tag = "+tta" if tta else ""
@@ -173,8 +185,8 @@ def main(argv=None):
     data = DataCache()
     command = " ".join([".venv/bin/python", "bench/quality.py", *(argv or sys.argv[1:])])
     for name in args.variants.split(","):
-        cfg = variant_config(name, args.data)
-        run_dir = Path(args.runs) / f"{name}-{config_hash(cfg)}"
+        cfg = variant_config(name, args.data, Path(args.runs))
+        run_dir = run_folder(name, args.data, Path(args.runs))
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         for k in folds:

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name, fn, help_):
         p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--config", help="YAML file of config keys")
+        p.add_argument("--config", help="YAML file of config keys, or a preset name (quality)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         p.set_defaults(fn=fn)
         return p

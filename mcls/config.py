@@ -11,6 +11,9 @@ from typing import Any
 import yaml
 
 
+PRESETS = Path(__file__).parent / "presets"
+
+
 class ConfigError(ValueError):
     """Raised with every problem found in a config, not only the first."""
 
@@ -61,6 +64,9 @@ class Config:
     mix_prob: float = 0.5  # share of batches mixed
     mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
     ema_decay: float = 0.0  # exponential moving average of weights, validated and saved; 0 = off
+    pseudo_label: str = "none"  # none | eval (unlabelled eval images join training) | validation (measuring only)
+    pseudo_run: str = ""  # the first-stage run whose fold-k model labels them for fold k
+    pseudo_threshold: float = 0.9  # minimum probability of the predicted class to keep a pseudo label
     sync_bn: bool = False  # SyncBatchNorm across processes under torchrun
     # --- runtime ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -122,6 +128,7 @@ class Config:
             "age_head": ("band", "dist", "both"),
             "sampler": ("uniform", "balanced"),
             "mix": ("none", "vcutmix", "cutmix", "mixup"),
+            "pseudo_label": ("none", "eval", "validation"),
         }
         out = [f"{k}={getattr(self, k)!r} is not one of {v}" for k, v in choices.items() if getattr(self, k) not in v]
         if len(self.age_bounds) != 2 or self.age_bounds[0] >= self.age_bounds[1]:
@@ -142,6 +149,8 @@ class Config:
         if not 0 <= self.ema_decay < 1 or not 0 <= self.mix_prob <= 1 or self.mix_alpha <= 0 or self.age_sigma <= 0:
             out.append(f"ema_decay={self.ema_decay} must be in [0, 1), mix_prob={self.mix_prob} in [0, 1], "
                        f"mix_alpha={self.mix_alpha} and age_sigma={self.age_sigma} positive")
+        if self.pseudo_label != "none" and not self.pseudo_run:
+            out.append(f"pseudo_label={self.pseudo_label!r} needs pseudo_run (the run whose models label the images)")
         if self.num_workers < 0:
             out.append(f"num_workers={self.num_workers} must be >= 0")
         if self.crop_margin < 0 or self.crop_chin < 0 or not 0 < self.crop_fallback <= 1:
@@ -159,9 +168,13 @@ class Config:
     # ------------------------------------------------------------------ YAML
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Config":
+        """A YAML file of config keys, or the name of a preset shipped in mcls/presets (e.g. "quality")."""
         path = Path(path)
+        if not path.is_file() and (PRESETS / f"{path}.yaml").is_file():
+            path = PRESETS / f"{path}.yaml"
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+            known = ", ".join(sorted(f.stem for f in PRESETS.glob("*.yaml")))
+            raise ConfigError(f"{path}: config file not found (presets: {known})")
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:

@@ -200,8 +200,10 @@ def lr_lambda(warmup_steps: int, total_steps: int):
 
 # ------------------------------------------------------------------------------------------------- fit
 def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images: np.ndarray,
-        val_images: np.ndarray, out_dir: str | Path, resume: bool = False) -> dict:
+        val_images: np.ndarray, out_dir: str | Path, resume: bool = False, extra=None) -> dict:
     """Trains one fold, validating every epoch; writes metrics.csv, last.pt, best.pt and val predictions.
+
+    `extra` = (images, targets) joins training only (pseudo-labelled images; targets in TARGET_COLUMNS order).
 
     Each epoch seeds its order, augmentation, mixing and dropout from (seed, epoch), so a run resumed from
     last.pt ends exactly as an uninterrupted one would (on CPU). Under torchrun every rank runs this; rank 0
@@ -216,6 +218,9 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
         if cfg.ema_decay else None
     scored = ema.module if ema is not None else net  # the weights validated, kept and shipped
     train_targets = targets_of(train_df)
+    if extra is not None and len(extra[0]):
+        train_images = np.concatenate([train_images, extra[0]])
+        train_targets = np.concatenate([train_targets, extra[1]])
     loss_fn = TaskLoss(cfg, train_targets).to(rt.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_df) / cfg.batch_size)

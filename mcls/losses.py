@@ -51,6 +51,11 @@ class AgeDistributionLoss(nn.Module):
         self.sigma = sigma
 
     def forward(self, logits, age):
+        known = age >= 0  # pseudo-labelled images carry a band but no exact age
+        if not bool(known.all()):
+            if not bool(known.any()):
+                return logits.float().sum() * 0.0
+            logits, age = logits[known], age[known]
         age = age.float().clamp(0, len(self.bins) - 1)
         target = (-0.5 * ((self.bins[None] - age[:, None]) / self.sigma) ** 2).softmax(-1)
         return -(target * logits.float().log_softmax(-1)).sum(-1).mean()

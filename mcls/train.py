@@ -59,16 +59,27 @@ def train(cfg: Config, resume: bool = False) -> dict:
     folds = range(cfg.n_folds) if cfg.fold == -1 else [cfg.fold]
     results = {}
     for k in folds:
-        is_val = (table["fold"] == k).to_numpy()
-        log.info("fold %d: %d training / %d validation images", k, (~is_val).sum(), is_val.sum())
-        results[k] = fit(cfg, table[~is_val].reset_index(drop=True), table[is_val].reset_index(drop=True),
-                         images[~is_val], images[is_val], run_dir / f"fold{k}", resume=resume)
+        results[k] = fit_fold(cfg, table, images, k, run_dir / f"fold{k}", resume=resume)
     summary = summarise_folds(results)
     if distributed.is_main():
         write_json(run_dir / "summary.json", summary)
         log_run(cfg, run_dir)
     distributed.barrier()
     return summary
+
+
+def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out_dir, resume: bool = False) -> dict:
+    """Fold k against the rest, with pseudo-labelled images added to training when the config asks."""
+    is_val = (table["fold"] == k).to_numpy()
+    log.info("fold %d: %d training / %d validation images", k, (~is_val).sum(), is_val.sum())
+    extra = None
+    if cfg.pseudo_label != "none":
+        from .pseudo import pseudo_labelled
+
+        extra = pseudo_labelled(cfg, k, images[is_val])
+    result = fit(cfg, table[~is_val].reset_index(drop=True), table[is_val].reset_index(drop=True),
+                 images[~is_val], images[is_val], out_dir, resume=resume, extra=extra)
+    return {**result, "n_pseudo": 0 if extra is None else len(extra[0])}
 
 
 def summarise_folds(results: dict[int, dict]) -> dict:

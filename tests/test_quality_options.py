@@ -150,3 +150,31 @@ def test_training_with_every_option_on_resumes_and_predicts(tmp_path):
     assert last["ema"] is not None
     model, saved = load_checkpoint(tmp_path / "run" / "fold0" / "best.pt")
     assert saved.age_head == "both" and "age_dist" in model.heads
+
+
+def test_pseudo_targets_keep_confident_rows_without_an_exact_age():
+    from mcls.pseudo import pseudo_targets
+
+    probs = np.full((3, 18), 0.01)
+    probs[0, 7], probs[1, 7], probs[2, 16] = 0.83, 0.5, 0.95
+    keep, targets = pseudo_targets(probs, 0.8)
+    assert keep.tolist() == [0, 2]
+    assert targets.tolist() == [[1, 0, 1, 7, -1], [2, 1, 1, 16, -1]]  # mask, gender, band, label, age
+    loss = AgeDistributionLoss(AGE_BINS)
+    assert loss(torch.zeros(2, AGE_BINS, requires_grad=True), torch.tensor([-1, -1])).item() == 0.0
+
+
+@pytest.mark.parametrize("source", ["validation", "eval"])
+def test_pseudo_labelled_images_join_training(trained_run, tmp_path, source):
+    cfg = Config(data_dir=str(SAMPLE), run_dir=str(tmp_path / "student"), **TINY, age_head="both",
+                 pseudo_label=source, pseudo_run=str(trained_run), pseudo_threshold=0.0)
+    summary = train(cfg)
+    fold = summary["per_fold"]["0"]
+    assert fold["n_pseudo"] == (fold["n_val_images"] if source == "validation" else 21)
+
+
+def test_pseudo_teacher_must_have_the_fold(trained_run, tmp_path):
+    cfg = Config(data_dir=str(SAMPLE), run_dir=str(tmp_path / "student"), **{**TINY, "fold": 2},
+                 pseudo_label="validation", pseudo_run=str(trained_run))
+    with pytest.raises(FileNotFoundError, match="fold 2"):
+        train(cfg)
