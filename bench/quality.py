@@ -135,7 +135,7 @@ def run_fold(cfg: Config, fold: int, run_dir: Path, data: DataCache, robustness:
     result = {"fold": fold, **spent, "best_epoch": json.loads((out / "summary.json").read_text())["best_epoch"],
               "n_pseudo": n_pseudo}
     for tta in (False, True):
-        probs = predict_dataset(model, val_ds, rt, 128, tta=tta)
+        probs = predict_dataset(model, val_ds, rt, rt.eval_batch(cfg.batch_size), tta=tta)
         tag = "+tta" if tta else ""
         result.update({f"{k}{tag}": v for k, v in score(labels, probs).items()})
         if tta:

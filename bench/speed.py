@@ -13,6 +13,8 @@ Writes bench/results/speed.md and speed.csv with the machine, torch version, thr
 from __future__ import annotations
 
 import argparse
+import itertools
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -30,8 +32,10 @@ from common import machine  # noqa: E402
 
 from mcls.config import Config  # noqa: E402
 from mcls.data import load_train_table  # noqa: E402
-from mcls.dataset import ImageArrayDataset, make_loader, targets_of  # noqa: E402
-from mcls.engine import Runtime, TaskLoss, predict_probs, train_one_epoch  # noqa: E402
+from mcls.dataset import ImageArrayDataset, epoch_order, make_loader, targets_of  # noqa: E402
+from mcls.distributed import GlobalBatchSampler  # noqa: E402
+from mcls.faces import CropSettings, crop_paths  # noqa: E402
+from mcls.engine import Runtime, TaskLoss, predict_dataset, train_one_epoch  # noqa: E402
 from mcls.images import load_images  # noqa: E402
 from mcls.models import create_model  # noqa: E402
 from mcls.transforms import create_train_transform  # noqa: E402
@@ -63,6 +67,8 @@ def train_rate(cfg: Config, loader, targets, steps: int) -> float:
     model = rt.prepare(create_model(cfg.backbone, cfg.heads, "none", cfg.drop_rate))
     loss_fn = TaskLoss(cfg, targets).to(rt.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if cfg.compile:  # as fit() does; the warm-up batches absorb the compilation
+        model = torch.compile(model)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     train_one_epoch(model, Limited(loader, 2), loss_fn, opt, sched, rt, desc="warm-up")
     if rt.device.type == "cuda":
@@ -71,14 +77,23 @@ def train_rate(cfg: Config, loader, targets, steps: int) -> float:
     return stats["train_img_per_s"]
 
 
+def face_crop_rate(paths) -> float:
+    """MTCNN detection + crop images/s with an empty cache (what a first run pays once per image)."""
+    with tempfile.TemporaryDirectory() as cache:
+        settings = CropSettings(cache_dir=cache)
+        start = time.perf_counter()
+        crop_paths(list(paths), settings)
+        return len(paths) / (time.perf_counter() - start)
+
+
 def infer_rate(cfg: Config, images: np.ndarray, tta: bool, repeats: int = 2) -> float:
     rt = Runtime(cfg)
     model = rt.prepare(create_model(cfg.backbone, cfg.heads, "none"))
-    loader = make_loader(ImageArrayDataset(images), cfg.batch_size * 2, train=False, num_workers=cfg.num_workers)
-    predict_probs(model, loader, rt, tta=tta)
+    dataset, batch = ImageArrayDataset(images), rt.eval_batch(cfg.batch_size)
+    predict_dataset(model, dataset, rt, batch, tta=tta, num_workers=cfg.num_workers)
     start = time.perf_counter()
     for _ in range(repeats):
-        predict_probs(model, loader, rt, tta=tta)
+        predict_dataset(model, dataset, rt, batch, tta=tta, num_workers=cfg.num_workers)
     return repeats * len(images) / (time.perf_counter() - start)
 
 
@@ -89,35 +104,42 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--sizes", default="112,160")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8, help="timed training batches per row")
-    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--workers", default="0", help="loader worker counts to compare, e.g. 0,2")
+    ap.add_argument("--compile", action="store_true", help="also time training under torch.compile")
+    ap.add_argument("--crop-n", type=int, default=48, help="images for the cold face-crop rate (0 = skip)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed"))
     args = ap.parse_args(argv)
 
     table = load_train_table(args.data)
     targets = targets_of(table)
+    crop_rate = face_crop_rate(table["path"][:args.crop_n]) if args.crop_n else float("nan")
     rows = []
     for size in map(int, args.sizes.split(",")):
         start = time.perf_counter()
         images, _ = load_images(table["path"], size)
         cache_s = time.perf_counter() - start
-        for backbone in args.backbones.split(","):
-            cfg = Config(backbone=backbone, img_size=size, batch_size=args.batch, num_workers=args.workers,
+        for backbone, workers in itertools.product(args.backbones.split(","), map(int, args.workers.split(","))):
+            cfg = Config(backbone=backbone, img_size=size, batch_size=args.batch, num_workers=workers,
                          device=args.device, augment="light")
             pin = Runtime(cfg).pin_memory
             one = next(iter(make_loader(ImageArrayDataset(images, targets), args.batch, train=True)))
             limit = train_rate(cfg, [one], targets, args.steps)
+            sampler = GlobalBatchSampler(args.batch)  # the order and loader that fit() uses
+            sampler.set_epoch(epoch_order(targets, seed=0), seed=0)
             ours = make_loader(ImageArrayDataset(images, targets, create_train_transform(cfg.augment)), args.batch,
-                               train=True, num_workers=args.workers, pin_memory=pin)
+                               train=True, num_workers=workers, pin_memory=pin, sampler=sampler)
             mcls = train_rate(cfg, ours, targets, args.steps)
             base = torch.utils.data.DataLoader(BaselineDataset(table, size, targets), batch_size=args.batch,
-                                               shuffle=True, num_workers=args.workers, pin_memory=pin)
+                                               shuffle=True, num_workers=workers, pin_memory=pin)
             baseline = train_rate(cfg, base, targets, args.steps)
-            row = {"backbone": backbone, "size": size, "batch": args.batch, "workers": args.workers,
+            row = {"backbone": backbone, "size": size, "batch": args.batch, "workers": workers,
                    "limit": limit, "mcls": mcls, "baseline": baseline,
                    "mcls/limit": mcls / limit, "mcls/baseline": mcls / baseline,
                    "infer": infer_rate(cfg, images, tta=False), "infer_tta": infer_rate(cfg, images, tta=True),
-                   "cache_build_img_s": len(images) / cache_s}
+                   "cache_build_img_s": len(images) / cache_s, "face_crop_img_s": crop_rate}
+            if args.compile:
+                row["mcls_compiled"] = train_rate(cfg.updated({"compile": True}), ours, targets, args.steps)
             rows.append(row)
             print(pd.DataFrame([row]).round(2).to_string(index=False), flush=True)
     df = pd.DataFrame(rows)

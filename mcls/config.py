@@ -73,6 +73,7 @@ class Config:
     amp: bool = True  # mixed precision, used on CUDA only
     channels_last: str = "auto"  # auto (CUDA only) | on | off
     num_workers: int = 0
+    compile: bool = False  # torch.compile the training model (needs a C++ compiler on CPU; slow first epoch)
     # --- run ---
     run_dir: str = ""  # "" = runs/<timestamp>
     tta: bool = True  # horizontal-flip test-time augmentation for prediction

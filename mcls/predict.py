@@ -10,7 +10,7 @@ import torch
 from .config import Config
 from .data import list_images, load_eval_table
 from .dataset import ImageArrayDataset, make_loader
-from .engine import Runtime, load_checkpoint, predict_probs
+from .engine import Runtime, load_checkpoint, predict_dataset
 from .faces import CropSettings
 from .image_cache import cached_images
 from .io import keep_previous, write_csv
@@ -42,7 +42,7 @@ def load_ensemble(checkpoints, device) -> tuple[list, Config]:
     return list(models), cfgs[0]
 
 
-def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "auto", batch_size: int = 64,
+def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "auto", batch_size: int | None = None,
                   on_bad_image: str = "error", persons: bool | None = None) -> tuple[np.ndarray, list[int]]:
     """(N, 18) probabilities for image files, prepared exactly as validation images are. Never shuffles.
 
@@ -53,8 +53,8 @@ def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "au
     # the run's own crop settings: a model trained on face crops must see face crops
     images, bad = cached_images(paths, cfg.img_size, on_bad_image, CropSettings.from_config(cfg, device=device),
                                 cfg.image_cache)
-    loader = make_loader(ImageArrayDataset(images), batch_size, train=False)
-    probs = predict_probs(models, loader, rt, tta=cfg.tta if tta is None else tta)
+    probs = predict_dataset(models, ImageArrayDataset(images), rt, batch_size or rt.eval_batch(cfg.batch_size),
+                            tta=cfg.tta if tta is None else tta)
     if cfg.person_consistent if persons is None else persons:
         keep = np.setdiff1d(np.arange(len(paths)), bad)
         probs[keep] = person_consistent(probs[keep], images[keep], cfg.group_threshold)[0]

@@ -58,7 +58,7 @@ def pseudo_labelled(cfg: Config, fold: int, val_images: np.ndarray) -> tuple[np.
     if teacher_cfg.img_size != cfg.img_size:
         raise ValueError(f"pseudo_run {cfg.pseudo_run} was trained at {teacher_cfg.img_size} px, this run at "
                          f"{cfg.img_size}: use a teacher of the same size")
-    probs = predict_dataset(rt.prepare(teacher), ImageArrayDataset(images), rt, cfg.batch_size * 2,
+    probs = predict_dataset(rt.prepare(teacher), ImageArrayDataset(images), rt, rt.eval_batch(cfg.batch_size),
                             tta=teacher_cfg.tta, desc="pseudo-label")
     if cfg.person_consistent:
         probs = person_consistent(probs, images, cfg.group_threshold)[0]

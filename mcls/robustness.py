@@ -66,7 +66,7 @@ def shifted(images: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
     return np.stack([fn(img, np.random.default_rng((seed, i))) for i, img in enumerate(images)])
 
 
-def mask_robustness(model, images: np.ndarray, mask_labels: np.ndarray, rt, batch_size: int = 64,
+def mask_robustness(model, images: np.ndarray, mask_labels: np.ndarray, rt, batch_size: int = 32,
                     tta: bool = False) -> pd.DataFrame:
     """One row per shift: mask accuracy overall and per state ('incorrect' is the one templates teach worst)."""
     from .engine import predict_dataset
