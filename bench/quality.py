@@ -93,8 +93,15 @@ def run_folder(name: str, data_dir: str, runs: Path) -> Path:
     return Path(runs) / f"{name}-{config_hash(variant_config(name, data_dir, runs))}"
 
 
+# Keys that do not change what a fold trains or how the bench scores it (TTA and person grouping are scored both
+# ways regardless); a key added to Config later with a neutral default is added here too, so old folds stay valid.
+NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "num_workers", "compile", "device",
+              "tta", "person_consistent", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke")
+
+
 def config_hash(cfg: Config) -> str:
-    keep = {k: v for k, v in cfg.to_dict().items() if k not in ("run_dir", "fold", "tracker")}
+    keep = {k: v for k, v in cfg.to_dict().items()
+            if k not in NOT_HASHED and not (k.startswith("pseudo_") and cfg.pseudo_label == "none")}
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:8]
 
 
