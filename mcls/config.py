@@ -60,6 +60,7 @@ class Config:
     patience: int = 3  # early stopping: epochs without a better validation macro F1
     augment: str = "light"  # none | light | strong
     sampler: str = "uniform"  # uniform | balanced (draws gender x age-band cells equally often)
+    wear_per_person: int = 5  # of each person's 5 correctly-worn photos, how many an epoch trains on (redrawn)
     mix: str = "none"  # none | vcutmix (left/right halves of two faces) | cutmix | mixup
     mix_prob: float = 0.5  # share of batches mixed
     mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
@@ -152,6 +153,8 @@ class Config:
                        f"mix_alpha={self.mix_alpha} and age_sigma={self.age_sigma} positive")
         if self.pseudo_label != "none" and not self.pseudo_run:
             out.append(f"pseudo_label={self.pseudo_label!r} needs pseudo_run (the run whose models label the images)")
+        if not 1 <= self.wear_per_person <= 5:
+            out.append(f"wear_per_person={self.wear_per_person} must be in 1..5")
         if self.num_workers < 0:
             out.append(f"num_workers={self.num_workers} must be >= 0")
         if self.crop_margin < 0 or self.crop_chin < 0 or not 0 < self.crop_fallback <= 1:

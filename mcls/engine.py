@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from . import distributed
 
 from .config import Config
-from .dataset import ImageArrayDataset, epoch_order, make_loader, targets_of
+from .dataset import ImageArrayDataset, epoch_order, epoch_rows, make_loader, targets_of
 from .io import save_torch, write_csv, write_json
 from .labels import HEAD_SIZES, NUM_CLASSES, encode
 from .losses import AgeDistributionLoss, create_loss, inverse_frequency_weights
@@ -230,12 +230,15 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
         if cfg.ema_decay else None
     scored = ema.module if ema is not None else net  # the weights validated, kept and shipped
     train_targets = targets_of(train_df)
+    train_persons = pd.factorize(train_df["person"])[0]
     if extra is not None and len(extra[0]):
         train_images = np.concatenate([train_images, extra[0]])
         train_targets = np.concatenate([train_targets, extra[1]])
+        train_persons = np.concatenate([train_persons, np.full(len(extra[0]), -1)])
     loss_fn = TaskLoss(cfg, train_targets).to(rt.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_df) / cfg.batch_size)
+    rows_per_epoch = len(epoch_rows(train_targets, train_persons, cfg.wear_per_person, 0))
+    steps_per_epoch = math.ceil(rows_per_epoch / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
     mixer = BatchMixer(cfg.mix, cfg.mix_prob, cfg.mix_alpha) if cfg.mix != "none" else None
@@ -267,7 +270,8 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
         seed_everything(epoch_seed)
         if mixer is not None:
             mixer.reseed(epoch_seed)
-        sampler.set_epoch(epoch_order(train_targets, epoch_seed, cfg.sampler), epoch_seed)
+        sampler.set_epoch(epoch_order(train_targets, epoch_seed, cfg.sampler, train_persons, cfg.wear_per_person),
+                          epoch_seed)
         stats = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, desc=f"epoch {epoch + 1}",
                                 mixer=mixer, ema=ema)
         stats["train_loss"] = distributed.mean_over_ranks(stats["train_loss"], len(loader.sampler))

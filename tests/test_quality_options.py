@@ -2,6 +2,7 @@
 robustness shifts, and every augmentation step really changes an image (albumentations 2.x ignores old names)."""
 import albumentations as A
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
@@ -178,3 +179,21 @@ def test_pseudo_teacher_must_have_the_fold(trained_run, tmp_path):
                  pseudo_label="validation", pseudo_run=str(trained_run))
     with pytest.raises(FileNotFoundError, match="fold 2"):
         train(cfg)
+
+
+def test_an_epoch_keeps_every_person_and_k_of_their_masked_photos():
+    from mcls.dataset import epoch_rows
+
+    persons = np.repeat(np.arange(10), 7)
+    mask = np.tile([0, 0, 0, 0, 0, 1, 2], 10)
+    targets = np.zeros((70, 5), dtype=np.int64)
+    targets[:, 0] = mask
+    persons = np.r_[persons, [-1, -1]]  # two pseudo-labelled wear images, always kept
+    targets = np.r_[targets, np.zeros((2, 5), dtype=np.int64)]
+    a, b = epoch_rows(targets, persons, 2, seed=1), epoch_rows(targets, persons, 2, seed=2)
+    assert len(a) == len(b) == 10 * 4 + 2
+    for rows in (a, b):
+        kept = pd.DataFrame({"p": persons[rows], "m": targets[rows, 0]})
+        assert (kept[kept.p >= 0].groupby("p")["m"].apply(lambda m: sorted(m)) == [[0, 0, 1, 2]] * 10).all()
+    assert set(a) != set(b)  # redrawn each epoch
+    assert len(epoch_rows(targets, persons, 5, seed=1)) == 72
