@@ -96,14 +96,18 @@ def run_folder(name: str, data_dir: str, runs: Path) -> Path:
 
 
 # Keys that do not change what a fold trains or how the bench scores it (TTA and person grouping are scored both
-# ways regardless); a key added to Config later with a neutral default is added here too, so old folds stay valid.
+# ways regardless).
 NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "num_workers", "compile", "device",
               "tta", "person_consistent", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke")
+# Keys added to Config after folds were run, at the value that reproduces the old training: left out of the hash
+# at that value, so finished folds stay valid.
+NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none"}
 
 
 def config_hash(cfg: Config) -> str:
     keep = {k: v for k, v in cfg.to_dict().items()
-            if k not in NOT_HASHED and not (k.startswith("pseudo_") and cfg.pseudo_label == "none")}
+            if k not in NOT_HASHED and NEUTRAL.get(k, object()) != v
+            and not (k.startswith("pseudo_") and cfg.pseudo_label == "none")}
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:8]
 
 
