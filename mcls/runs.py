@@ -64,7 +64,15 @@ def write_run_info(run_dir: Path, fingerprint: str, n_images: int, extra: dict |
             "data_fingerprint": fingerprint, "n_images": n_images, "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.machine(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, **(extra or {})}
-    write_json(run_dir / "run_info.json", info)
+    path = run_dir / "run_info.json"
+    if path.exists():  # a resumed run: the record of how it started stays, each resume is added to it
+        first = json.loads(path.read_text())
+        resumes = first.pop("resumes", [])
+        if first.get("data_fingerprint") != fingerprint:
+            raise ValueError(f"{path}: the run started on data {first.get('data_fingerprint')}, the data now has "
+                             f"fingerprint {fingerprint}; resume on the same data or start a new run")
+        info = {**first, "resumes": resumes + [info]}
+    write_json(path, info)
 
 
 def list_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:

@@ -1,4 +1,5 @@
 """End-to-end on the sample with a tiny backbone: smoke training, resume after SIGKILL, determinism."""
+import json
 import os
 import signal
 import subprocess
@@ -73,6 +74,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     a = pd.read_csv(full / "fold0" / "metrics.csv")[METRIC_COLUMNS]
     b = pd.read_csv(killed / "fold0" / "metrics.csv")[METRIC_COLUMNS]
     pd.testing.assert_frame_equal(a, b)
+    info = json.loads((killed / "run_info.json").read_text())
+    assert len(info["resumes"]) == 1 and info["created"] <= info["resumes"][0]["created"]  # start kept, resume added
     sa = torch.load(full / "fold0" / "best.pt", weights_only=False)["model"]
     sb = torch.load(killed / "fold0" / "best.pt", weights_only=False)["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
