@@ -48,3 +48,10 @@ def test_override_syntax():
 def test_smoke_shrinks_the_run():
     cfg = Config(smoke=True, epochs=10, img_size=224).resolved()
     assert cfg.epochs == 1 and cfg.img_size == 64
+
+
+def test_presets_load_by_name_and_unknown_names_list_them():
+    cfg = load_config("quality", ["epochs=2"])
+    assert cfg.backbone == "tf_efficientnet_lite2" and cfg.epochs == 2
+    with pytest.raises(ConfigError, match="presets: quality"):
+        load_config("qualty")
