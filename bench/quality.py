@@ -67,6 +67,7 @@ VARIANTS = {
     "cutmix": dict(mix="cutmix"),
     "mixup": dict(mix="mixup"),
     "strong-aug": dict(augment="strong"),
+    "robust-aug": dict(augment="robust"),
     "lite1": dict(backbone="tf_efficientnet_lite1"),
     "lite2": dict(backbone="tf_efficientnet_lite2"),
     "mobilenetv2": dict(backbone="mobilenetv2_100"),

@@ -58,7 +58,7 @@ class Config:
     weight_decay: float = 0.01
     warmup_epochs: float = 0.5
     patience: int = 3  # early stopping: epochs without a better validation macro F1
-    augment: str = "light"  # none | light | strong
+    augment: str = "light"  # none | light | strong | robust (strong + mask recolour, chin cuts, low light)
     sampler: str = "uniform"  # uniform | balanced (draws gender x age-band cells equally often)
     wear_per_person: int = 5  # of each person's 5 correctly-worn photos, how many an epoch trains on (redrawn)
     mix: str = "none"  # none | vcutmix (left/right halves of two faces) | cutmix | mixup
@@ -124,7 +124,7 @@ class Config:
             "on_bad_image": ("error", "skip"),
             "crop": ("none", "mtcnn"),
             "heads": ("multi", "single"),
-            "augment": ("none", "light", "strong"),
+            "augment": ("none", "light", "strong", "robust"),
             "channels_last": ("auto", "on", "off"),
             "tracker": ("none", "mlflow"),
             "age_head": ("band", "dist", "both"),

@@ -4,6 +4,63 @@ from __future__ import annotations
 
 import albumentations as A
 import cv2
+import numpy as np
+
+LOWER_FACE = 0.45  # rows below this share of the height hold the mask
+
+
+def lower_face_recolour(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A mask of another colour: rotate the hue and change saturation below the nose only."""
+    out = img.copy()
+    top = int(img.shape[0] * LOWER_FACE)
+    hsv = cv2.cvtColor(out[top:], cv2.COLOR_RGB2HSV).astype(np.int16)
+    hsv[..., 0] = (hsv[..., 0] + rng.integers(30, 150)) % 180  # OpenCV hue is 0..179
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.3, 1.7) + 20, 0, 255)
+    out[top:] = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+    return out
+
+
+def low_light(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    dark = img.astype(np.float32) * rng.uniform(0.25, 0.4)
+    return np.clip(dark + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+
+
+def chin_cut(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A crop that ends above the chin, stretched back to the model's square input."""
+    h, w = img.shape[:2]
+    keep = int(h * rng.uniform(0.75, 0.85))
+    return cv2.resize(img[:keep], (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+
+class _SeededImageOnly(A.ImageOnlyTransform):
+    """Runs fn(image, rng) with a numpy generator drawn from albumentations' own seeded one, so Compose's
+    set_random_seed (per item and epoch) governs it like every other step."""
+
+    fn = staticmethod(lambda img, rng: img)
+
+    def get_params_dependent_on_data(self, params, data):
+        return {"seed": int(self.random_generator.integers(2**31))}
+
+    def apply(self, img, seed=0, **params):
+        return self.fn(img, np.random.default_rng(seed))
+
+
+class LowerFaceRecolour(_SeededImageOnly):
+    """A mask of another colour and saturation: real masks come in every colour, the templates in a few."""
+
+    fn = staticmethod(lower_face_recolour)
+
+
+class ChinCut(_SeededImageOnly):
+    """A crop that ends above the chin, as loose real photos and face detectors give."""
+
+    fn = staticmethod(chin_cut)
+
+
+class LowLight(_SeededImageOnly):
+    fn = staticmethod(low_light)
+
 
 
 def _light() -> list:
@@ -26,7 +83,12 @@ def _strong() -> list:
     ]
 
 
-AUGMENTATIONS = {"none": list, "light": _light, "strong": _strong}
+def _robust() -> list:
+    """strong + the shifts real masks bring that the synthetic templates lack (colour, cut chins, low light)."""
+    return _strong() + [LowerFaceRecolour(p=0.3), ChinCut(p=0.15), LowLight(p=0.1)]
+
+
+AUGMENTATIONS = {"none": list, "light": _light, "strong": _strong, "robust": _robust}
 
 
 def create_train_transform(name: str) -> A.Compose | None:
