@@ -75,6 +75,7 @@ VARIANTS = {
     "old59": dict(train_old_age=59),
     "wear2": dict(wear_per_person=2),
     "wear2-160px": dict(wear_per_person=2, img_size=160),
+    "ema-wear2-160px": dict(ema_decay=0.995, wear_per_person=2, img_size=160),
     "age-weight2": dict(loss_weights=[1.0, 1.0, 2.0]),
     "pseudo-val": dict(pseudo_label="validation", pseudo_run="@plain", pseudo_threshold=0.9),
     "default": None,  # the package's Config() defaults, whatever they are now
