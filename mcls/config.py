@@ -42,7 +42,7 @@ class Config:
     backbone: str = "tf_efficientnet_lite0"
     pretrained: str = "offline"  # offline | timm | none | path to a state_dict file
     heads: str = "multi"  # multi (mask, gender, age) | single (18-way)
-    img_size: int = 128
+    img_size: int = 160
     drop_rate: float = 0.2
     age_head: str = "band"  # band (3-way) | dist (exact-age distribution, banded) | both (their average)
     age_sigma: float = 3.0  # years: spread of the exact-age target distribution
@@ -60,11 +60,11 @@ class Config:
     patience: int = 3  # early stopping: epochs without a better validation macro F1
     augment: str = "light"  # none | light | strong | robust (strong + mask recolour, chin cuts, low light)
     sampler: str = "uniform"  # uniform | balanced (draws gender x age-band cells equally often)
-    wear_per_person: int = 5  # of each person's 5 correctly-worn photos, how many an epoch trains on (redrawn)
+    wear_per_person: int = 2  # of each person's 5 correctly-worn photos, how many an epoch trains on (redrawn)
     mix: str = "none"  # none | vcutmix (left/right halves of two faces) | cutmix | mixup
     mix_prob: float = 0.5  # share of batches mixed
     mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
-    ema_decay: float = 0.0  # exponential moving average of weights, validated and saved; 0 = off
+    ema_decay: float = 0.995  # exponential moving average of weights, validated and saved; 0 = off
     pseudo_label: str = "none"  # none | eval (unlabelled eval images join training) | validation (measuring only)
     pseudo_run: str = ""  # the first-stage run whose fold-k model labels them for fold k
     pseudo_threshold: float = 0.9  # minimum probability of the predicted class to keep a pseudo label
@@ -78,7 +78,7 @@ class Config:
     # --- run ---
     run_dir: str = ""  # "" = runs/<timestamp>
     tta: bool = True  # horizontal-flip test-time augmentation for prediction
-    person_consistent: bool = False  # share gender/age across images grouped as one person (no ids used)
+    person_consistent: bool = True  # share gender/age across images grouped as one person (no ids used)
     group_threshold: float = 0.4  # cosine distance under which upper-face embeddings join one person
     smoke: bool = False  # tiny run for tests and first tries: 1 epoch, small images
     tracker: str = "none"  # none | mlflow
