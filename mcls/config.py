@@ -64,7 +64,7 @@ class Config:
     mix: str = "none"  # none | vcutmix (left/right halves of two faces) | cutmix | mixup
     mix_prob: float = 0.5  # share of batches mixed
     mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
-    ema_decay: float = 0.995  # exponential moving average of weights, validated and saved; 0 = off
+    ema_decay: float = 0.995  # moving average of weights, validated and saved (wants some 500+ steps); 0 = off
     pseudo_label: str = "none"  # none | eval (unlabelled eval images join training) | validation (measuring only)
     pseudo_run: str = ""  # the first-stage run whose fold-k model labels them for fold k
     pseudo_threshold: float = 0.9  # minimum probability of the predicted class to keep a pseudo label
@@ -166,8 +166,9 @@ class Config:
         """Applies the `smoke` switch: the same pipeline, tiny enough for tests and a first try."""
         if not self.smoke:
             return self
+        # a one-epoch run is too short for a weight average: its EMA would still be near the starting weights
         return dataclasses.replace(self, epochs=min(self.epochs, 1), img_size=min(self.img_size, 64),
-                                   batch_size=min(self.batch_size, 16), patience=max(self.patience, 1))
+                                   batch_size=min(self.batch_size, 16), patience=max(self.patience, 1), ema_decay=0.0)
 
     # ------------------------------------------------------------------ YAML
     @classmethod

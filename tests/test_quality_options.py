@@ -143,8 +143,8 @@ def test_every_augmentation_step_acts(step, sample_data):
 
 
 def test_training_with_every_option_on_resumes_and_predicts(tmp_path):
-    cfg = Config(data_dir=str(SAMPLE), run_dir=str(tmp_path / "run"), **{**TINY, "epochs": 2}, age_head="both",
-                 mix="vcutmix", mix_prob=1.0, ema_decay=0.9, sampler="balanced", train_old_age=58)
+    cfg = Config(data_dir=str(SAMPLE), run_dir=str(tmp_path / "run"), **{**TINY, "epochs": 2, "ema_decay": 0.9,
+                 "wear_per_person": 2}, age_head="both", mix="vcutmix", mix_prob=1.0, sampler="balanced", train_old_age=58)
     summary = train(cfg)
     assert {"pc_f1", "group_ari"} <= set(summary)
     last = torch.load(tmp_path / "run" / "fold0" / "last.pt", weights_only=False)
