@@ -231,7 +231,11 @@ def write_tables(runs: Path, out: Path, command: str) -> None:
     table = summarise(folds).sort_values("f1", ascending=False)
     table.to_csv(out / "quality.csv", index=False)
     folds.to_csv(out / "quality_folds.csv", index=False)
-    text = (f"# Quality: person-held-out folds of {runs}\n\nmachine: {machine()}\n\ncommand: `{command}`\n\n"
+    text = (f"# Quality: person-held-out folds of {runs}\n\nmachine: {machine()}\n\n"
+            "Rows collect every finished fold under the runs folder, whichever command trained it: the screen is "
+            "`.venv/bin/python bench/quality.py --folds 0 --variants <names>`, the default's confirmation "
+            "`.venv/bin/python bench/quality.py --variants default --folds all`. "
+            f"Last command: `{command}`\n\n"
             "Mean over the folds run (`folds`), `f1_std` its spread; `train_min_per_fold` is wall time while the "
             "benchmark ran (pauses excluded), `cpu_min_per_fold` the process's CPU time (2 threads).\n\n"
             + table.round(4).to_markdown(index=False) + "\n")
