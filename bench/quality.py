@@ -46,9 +46,10 @@ from mcls.robustness import mask_robustness  # noqa: E402
 from mcls.train import fit_fold, load_training_data  # noqa: E402
 
 # The plain fine-tune: packaged ImageNet weights, 128 px, three CE heads, AdamW + cosine, light aug.
+# Every training key the defaults may move is pinned, so a variant differs from PLAIN by its own overrides only.
 PLAIN = dict(backbone="tf_efficientnet_lite0", pretrained="offline", img_size=128, heads="multi", loss="ce",
              augment="light", age_head="band", train_old_age=60, sampler="uniform", mix="none", ema_decay=0.0,
-             epochs=6, batch_size=32, lr=1e-3, tta=False, person_consistent=False)
+             wear_per_person=5, epochs=6, batch_size=32, lr=1e-3, tta=False, person_consistent=False)
 
 VARIANTS = {
     "plain": {},
