@@ -21,7 +21,7 @@ from . import distributed
 from .config import Config
 from .dataset import ImageArrayDataset, epoch_order, epoch_rows, make_loader, targets_of
 from .io import save_torch, write_csv, write_json
-from .labels import HEAD_SIZES, NUM_CLASSES, encode
+from .labels import HEAD_SIZES, NUM_CLASSES
 from .losses import AgeDistributionLoss, create_loss, inverse_frequency_weights
 from .metrics import confusion, score
 from .mixing import BatchMixer

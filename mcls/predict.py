@@ -9,7 +9,7 @@ import torch
 
 from .config import Config
 from .data import list_images, load_eval_table
-from .dataset import ImageArrayDataset, make_loader
+from .dataset import ImageArrayDataset
 from .engine import Runtime, load_checkpoint, predict_dataset
 from .faces import CropSettings
 from .image_cache import cached_images
