@@ -7,7 +7,9 @@ Every variant is a set of config overrides on PLAIN (the plain fine-tune the kit
 (variant, fold) trains into runs/quality/<variant>-<config hash>/fold<k>; a finished fold is reused and an
 interrupted one resumes from its last epoch, so the command can be re-run after a crash or with more folds.
 Inference-only options (flip TTA, person-consistent inference) are scored from the same checkpoints, as rows
-"<variant> +tta" and "<variant> +tta +persons". Fold 0 also gets the mask head's accuracy under shifts.
+"<variant> +tta" and "<variant> +tta +persons"; a variant run on 2+ folds also gets "+tta +persons +calib", the
+age-band bias of mcls.calibration fitted on its other folds (nested). Fold 0 also gets the mask head's accuracy
+under shifts.
 
 Writes bench/results/quality.{md,csv} (one row per variant: mean and spread over the folds it ran),
 quality_folds.csv (one row per fold), quality_robustness.csv and quality.png (macro F1 vs training time).
@@ -38,9 +40,10 @@ from common import ActiveClock, machine  # noqa: E402
 from mcls.config import Config  # noqa: E402
 from mcls.dataset import ImageArrayDataset  # noqa: E402
 from mcls.engine import Runtime, load_checkpoint, predict_dataset  # noqa: E402
-from mcls.io import write_json  # noqa: E402
+from mcls.io import atomic_path, write_json  # noqa: E402
 from mcls.metrics import score  # noqa: E402
-from mcls.persons import consistency_scores  # noqa: E402
+from mcls.calibration import fit_age_bias  # noqa: E402
+from mcls.persons import consistency_scores, face_embeddings, group_images, share_within_groups  # noqa: E402
 from mcls.robustness import mask_robustness  # noqa: E402
 from mcls.train import fit_fold, load_training_data  # noqa: E402
 
@@ -131,10 +134,11 @@ def run_fold(cfg: Config, fold: int, run_dir: Path, data: DataCache, robustness:
     out = run_dir / f"fold{fold}"
     done = out / "bench.json"
     if done.exists():
+        if not (out / PROBS).exists():  # folds finished before the probabilities were kept
+            table, images = data.get(cfg)
+            fold_probs(cfg, out, table, images, fold)
         return json.loads(done.read_text())
     table, images = data.get(cfg)
-    is_val = (table["fold"] == fold).to_numpy()
-    val_df = table[is_val].reset_index(drop=True)
     timing_file = out / "timing.json"
     spent = json.loads(timing_file.read_text()) if timing_file.exists() else {"wall_s": 0.0, "cpu_s": 0.0}
     clock, cpu0 = ActiveClock(), _cpu_seconds()
@@ -143,24 +147,40 @@ def run_fold(cfg: Config, fold: int, run_dir: Path, data: DataCache, robustness:
              "finished": time.time()}
     write_json(timing_file, spent)
 
-    rt = Runtime(cfg)
-    model = rt.prepare(load_checkpoint(out / "best.pt", rt.device)[0])
-    val_ds = ImageArrayDataset(images[is_val])
-    labels, persons = val_df["label"].to_numpy(), val_df["person"].to_numpy()
+    model, scored = fold_probs(cfg, out, table, images, fold)
     result = {"fold": fold, **spent, "best_epoch": json.loads((out / "summary.json").read_text())["best_epoch"],
               "n_pseudo": n_pseudo}
-    for tta in (False, True):
-        probs = predict_dataset(model, val_ds, rt, rt.eval_batch(cfg.batch_size), tta=tta)
-        tag = "+tta" if tta else ""
-        result.update({f"{k}{tag}": v for k, v in score(labels, probs).items()})
-        if tta:
-            pc = consistency_scores(labels, probs, images[is_val], persons, cfg.group_threshold)
-            result.update({f"{k[3:]}+tta+persons" if k.startswith("pc_") else k: v for k, v in pc.items()})
+    for tag, probs in (("", scored["probs"]), ("+tta", scored["probs_tta"])):
+        result.update({f"{k}{tag}": v for k, v in score(scored["labels"], probs).items()})
+    shared = share_within_groups(scored["probs_tta"], scored["groups"])
+    pc = consistency_scores(scored["labels"], shared, scored["groups"], scored["persons"])
+    result.update({f"{k[3:]}+tta+persons" if k.startswith("pc_") else k: v for k, v in pc.items()})
     if robustness:
-        rob = mask_robustness(model, images[is_val], val_df["mask"].to_numpy(), rt)
+        is_val = (table["fold"] == fold).to_numpy()
+        rob = mask_robustness(model, images[is_val], table.loc[is_val, "mask"].to_numpy(), Runtime(cfg))
         rob.to_csv(out / "robustness.csv", index=False)
     write_json(done, result)
     return result
+
+
+PROBS = "val_probs.npz"
+
+
+def fold_probs(cfg: Config, out: Path, table: pd.DataFrame, images: np.ndarray, fold: int):
+    """The best checkpoint's validation probabilities without and with TTA, and the blind person groups, kept in
+    fold<k>/val_probs.npz so that calibration can be fitted across folds later."""
+    is_val = (table["fold"] == fold).to_numpy()
+    rt = Runtime(cfg)
+    model = rt.prepare(load_checkpoint(out / "best.pt", rt.device)[0])
+    val_ds = ImageArrayDataset(images[is_val])
+    probs = {f"probs{tag}": predict_dataset(model, val_ds, rt, rt.eval_batch(cfg.batch_size), tta=tta)
+             for tag, tta in (("", False), ("_tta", True))}
+    groups = group_images(face_embeddings(images[is_val]), cfg.group_threshold)
+    scored = {**probs, "groups": groups, "labels": table.loc[is_val, "label"].to_numpy(),
+              "persons": table.loc[is_val, "person"].astype(str).to_numpy()}
+    with atomic_path(out / PROBS) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **scored)
+    return model, scored
 
 
 def _cpu_seconds() -> float:
@@ -172,7 +192,9 @@ def summarise(folds: pd.DataFrame) -> pd.DataFrame:
     """One row per variant and inference mode: mean, spread and count over the folds run."""
     rows = []
     for name, g in folds.groupby("variant", sort=False):
-        for tag in ("", "+tta", "+tta+persons"):
+        for tag in ("", "+tta", "+tta+persons", "+tta+persons+calib"):
+            if g[f"f1{tag}"].isna().any():
+                continue
             label = f"{name} {tag.replace('+', ' +').strip()}".strip()
 
             def m(key):
@@ -182,7 +204,7 @@ def summarise(folds: pd.DataFrame) -> pd.DataFrame:
                          "f1_min": g[f"f1{tag}"].min(),
                          "acc": m("acc"), "acc_mask": m("acc_mask"), "acc_gender": m("acc_gender"),
                          "acc_age": m("acc_age"), "f1_age": m("f1_age"), "f1_old": m("f1_old"),
-                         "group_ari": g["group_ari"].mean() if tag == "+tta+persons" else np.nan,
+                         "group_ari": g["group_ari"].mean() if "persons" in tag else np.nan,
                          "train_min_per_fold": g["wall_s"].mean() / 60, "cpu_min_per_fold": g["cpu_s"].mean() / 60,
                          "best_epoch": g["best_epoch"].mean()})
     return pd.DataFrame(rows)
@@ -220,7 +242,26 @@ def collect(runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         rob = done.parent / "robustness.csv"
         if rob.exists():
             robust.append(pd.read_csv(rob).assign(variant=name))
-    return pd.DataFrame(folds), (pd.concat(robust) if robust else pd.DataFrame())
+    folds = pd.DataFrame(folds)
+    if not folds.empty:
+        folds = folds.merge(calibrated_scores(runs), on=["run", "fold"], how="left")
+    return folds, (pd.concat(robust) if robust else pd.DataFrame())
+
+
+def calibrated_scores(runs: Path) -> pd.DataFrame:
+    """Per fold: +tta +persons predictions with the age-band bias fitted on the run's other folds (nested, so the
+    score is out of sample); runs with fewer than two folds get none."""
+    rows = []
+    for run in sorted(p for p in runs.iterdir() if p.is_dir()):
+        kept = sorted(run.glob(f"fold*/{PROBS}"))
+        if len(kept) < 2:
+            continue
+        loaded = [np.load(p) for p in kept]
+        fit = fit_age_bias([(z["labels"], share_within_groups(z["probs_tta"], z["groups"])) for z in loaded])
+        for path, nested in zip(kept, fit["nested"]):
+            rows.append({"run": run.name, "fold": int(path.parent.name[4:]), "age_bias": str(nested["bias"]),
+                         **{f"{k}+tta+persons+calib": v for k, v in nested["after"].items()}})
+    return pd.DataFrame(rows, columns=["run", "fold"] + ([] if rows else ["f1+tta+persons+calib"]))
 
 
 def write_tables(runs: Path, out: Path, command: str) -> None:
@@ -236,7 +277,8 @@ def write_tables(runs: Path, out: Path, command: str) -> None:
             "`.venv/bin/python bench/quality.py --folds 0 --variants <names>`, the default's confirmation "
             "`.venv/bin/python bench/quality.py --variants default --folds all`. "
             f"Last command: `{command}`\n\n"
-            "Mean over the folds run (`folds`), `f1_std` its spread; `train_min_per_fold` is wall time while the "
+            "`+calib`: the age-band prior bias (mcls/calibration.py) scored on each fold after fitting it on the "
+            "variant's other folds only. Mean over the folds run (`folds`), `f1_std` its spread; `train_min_per_fold` is wall time while the "
             "benchmark ran (pauses excluded), `cpu_min_per_fold` the process's CPU time (2 threads).\n\n"
             + table.round(4).to_markdown(index=False) + "\n")
     if not robust.empty:

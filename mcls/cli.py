@@ -34,12 +34,25 @@ def cmd_predict(args) -> None:
     cfg = _config(args)
     tta = None if args.tta is None else args.tta == "on"
     persons = None if args.persons is None else args.persons == "on"
+    calibrate = None if args.calibration is None else args.calibration == "on"
     if args.folder:
         out = args.out or str(Path(args.run) / "predictions.csv")
         print(predict_folder(args.folder, args.run, out, tta=tta, device=cfg.device, on_bad_image=cfg.on_bad_image,
-                             persons=persons))
+                             persons=persons, calibrate=calibrate))
     else:
-        print(write_submission(cfg.data_dir, args.run, args.out, tta=tta, device=cfg.device, persons=persons))
+        print(write_submission(cfg.data_dir, args.run, args.out, tta=tta, device=cfg.device, persons=persons,
+                               calibrate=calibrate))
+
+
+def cmd_calibrate(args) -> None:
+    from .train import calibrate
+
+    # the run's own config (its person_consistent decides how predictions are shared), plus any overrides
+    cfg = load_config(Path(args.run) / "config.yaml", args.overrides)
+    fit = calibrate(args.run, cfg)
+    if not fit:
+        raise SystemExit(f"{args.run}: calibration needs validation predictions of 2 or more folds")
+    print(json.dumps({k: v if isinstance(v, list) else round(v, 4) for k, v in fit.items()}, indent=2))
 
 
 def cmd_folds(args) -> None:
@@ -192,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--persons", choices=("on", "off"),
                    help="person-consistent inference: share gender/age within blindly grouped images "
                         "(default: the run's config key person_consistent)")
+    p.add_argument("--calibration", choices=("on", "off"),
+                   help="apply the run's fitted age-band bias, calibration.json (default: the run's calibrate_age)")
+    p = add("calibrate", cmd_calibrate, "fit a run's age-band bias on its folds' validation predictions "
+                                        "(done by `train fold=-1`; use it after training folds one by one)")
+    p.add_argument("--run", required=True, help="run folder with 2+ fold*/val_predictions.csv")
     add("folds", cmd_folds, "show persons per fold and gender x age cell")
     add("check", cmd_check, "validate a data folder and list every problem")
     add("demo", cmd_demo, "train briefly on data/sample and write a submission")

@@ -80,6 +80,7 @@ class Config:
     tta: bool = True  # horizontal-flip test-time augmentation for prediction
     person_consistent: bool = True  # share gender/age across images grouped as one person (no ids used)
     group_threshold: float = 0.4  # cosine distance under which upper-face embeddings join one person
+    calibrate_age: bool = True  # fit age-band priors on out-of-fold predictions (2+ folds) and apply them
     smoke: bool = False  # tiny run for tests and first tries: 1 epoch, small images
     tracker: str = "none"  # none | mlflow
     # --- inspection (notebook 04, `mcls cam`) ---

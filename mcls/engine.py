@@ -306,18 +306,21 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
 def finish_fold(cfg, out_dir: Path, val_df, val_ds, rt: Runtime, state: dict) -> dict:
     """Scores the best checkpoint on the whole validation fold (with TTA when configured), with and without
     person-consistent inference, and saves the evidence."""
-    from .persons import consistency_scores
+    from .persons import consistency_scores, person_consistent
     from .plots import confusion_matrix_figure, learning_curves_figure, save
 
     model = rt.prepare(load_checkpoint(out_dir / "best.pt", rt.device)[0])
     probs = predict_dataset(model, val_ds, rt, rt.eval_batch(cfg.batch_size), tta=cfg.tta, num_workers=cfg.num_workers,
                             desc="validate best")
     labels = val_df["label"].to_numpy()
+    shared, groups = person_consistent(probs, val_ds.images, cfg.group_threshold)
     result = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "n_val_images": len(val_df),
               "n_val_persons": int(val_df["person"].nunique()), "tta": cfg.tta, **score(labels, probs),
-              **consistency_scores(labels, probs, val_ds.images, val_df["person"].to_numpy(), cfg.group_threshold)}
+              **consistency_scores(labels, shared, groups, val_df["person"].to_numpy())}
     if distributed.is_main():
+        # raw probabilities plus the blind person groups: calibration re-shares them the way prediction does
         pred = val_df[["person", "path", "label"]].copy()
+        pred["group"] = groups
         pred["pred"] = probs.argmax(1)
         for k in range(NUM_CLASSES):
             pred[f"p{k}"] = probs[:, k].round(5)

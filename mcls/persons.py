@@ -65,9 +65,8 @@ def person_consistent(probs: np.ndarray, images: np.ndarray, threshold: float) -
     return share_within_groups(probs, groups), groups
 
 
-def consistency_scores(labels, probs, images, persons, threshold: float) -> dict[str, float]:
-    """Scores of person-consistent inference (prefixed pc_), and how well the blind groups match the persons."""
-    shared, groups = person_consistent(probs, images, threshold)
+def consistency_scores(labels, shared, groups, persons) -> dict[str, float]:
+    """Scores of person-consistent predictions (prefixed pc_), and how well the blind groups match the persons."""
     out = {f"pc_{k}": v for k, v in score(labels, shared).items()}
     out["group_ari"] = float(adjusted_rand_score(persons, groups))
     out["n_groups"] = int(len(np.unique(groups)))

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .calibration import apply_age_bias, load_age_bias
 from .config import Config
 from .data import list_images, load_eval_table
 from .dataset import ImageArrayDataset
@@ -43,10 +44,16 @@ def load_ensemble(checkpoints, device) -> tuple[list, Config]:
 
 
 def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "auto", batch_size: int | None = None,
-                  on_bad_image: str = "error", persons: bool | None = None) -> tuple[np.ndarray, list[int]]:
+                  on_bad_image: str = "error", persons: bool | None = None,
+                  age_bias=None) -> tuple[np.ndarray, list[int]]:
     """(N, 18) probabilities for image files, prepared exactly as validation images are. Never shuffles.
 
-    tta / persons (person-consistent inference over these images) default to the run's config."""
+    tta / persons (person-consistent inference over these images) default to the run's config; `age_bias` (from
+    calibration.load_age_bias) reweights the age bands last, where it was fitted."""
+    return _predict(paths, checkpoints, tta, device, batch_size, on_bad_image, persons, age_bias)[:2]
+
+
+def _predict(paths, checkpoints, tta, device, batch_size, on_bad_image, persons, age_bias):
     rt = Runtime(Config(device=device))
     models, cfg = load_ensemble(checkpoints, rt.device)
     models = [rt.prepare(m) for m in models]
@@ -55,10 +62,20 @@ def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "au
                                 cfg.image_cache)
     probs = predict_dataset(models, ImageArrayDataset(images), rt, batch_size or rt.eval_batch(cfg.batch_size),
                             tta=cfg.tta if tta is None else tta)
+    keep = np.setdiff1d(np.arange(len(paths)), bad)
     if cfg.person_consistent if persons is None else persons:
-        keep = np.setdiff1d(np.arange(len(paths)), bad)
         probs[keep] = person_consistent(probs[keep], images[keep], cfg.group_threshold)[0]
-    return probs, bad
+    if age_bias is not None:
+        probs[keep] = apply_age_bias(probs[keep], age_bias)
+    return probs, bad, cfg
+
+
+def run_age_bias(run: str | Path, calibrate: bool | None, checkpoints) -> np.ndarray | None:
+    """The run's fitted age bias when calibration is on (default: the run's calibrate_age) and was fitted."""
+    if calibrate is None:
+        ckpt = torch.load(checkpoints[0], map_location="cpu", weights_only=False)
+        calibrate = Config.from_dict(ckpt["config"], source=str(checkpoints[0])).calibrate_age
+    return load_age_bias(run) if calibrate else None
 
 
 def check_submission(sub: pd.DataFrame, info: pd.DataFrame, where: str = "submission") -> None:
@@ -81,11 +98,12 @@ def check_submission(sub: pd.DataFrame, info: pd.DataFrame, where: str = "submis
 
 
 def write_submission(data_dir: str | Path, run: str | Path, out: str | Path | None = None, tta: bool | None = None,
-                     device: str = "auto", persons: bool | None = None) -> Path:
+                     device: str = "auto", persons: bool | None = None, calibrate: bool | None = None) -> Path:
     """Predicts eval/info.csv with the run's fold ensemble; writes `ImageID,ans` in info.csv's exact order."""
     info = load_eval_table(data_dir)
     checkpoints = find_checkpoints(run)
-    probs, _ = predict_paths(info["path"], checkpoints, tta=tta, device=device, persons=persons)
+    probs, _ = predict_paths(info["path"], checkpoints, tta=tta, device=device, persons=persons,
+                             age_bias=run_age_bias(run, calibrate, checkpoints))
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": probs.argmax(1).astype(int)})
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     out = Path(out) if out else run_dir / "submission.csv"
@@ -107,13 +125,13 @@ def predictions_table(paths, probs: np.ndarray, age_bounds=(30, 60)) -> pd.DataF
 
 
 def predict_folder(folder: str | Path, run: str | Path, out: str | Path, tta: bool | None = None,
-                   device: str = "auto", on_bad_image: str = "error", persons: bool | None = None) -> Path:
+                   device: str = "auto", on_bad_image: str = "error", persons: bool | None = None,
+                   calibrate: bool | None = None) -> Path:
     """Predicts every image under `folder` into a CSV; unreadable files are listed (skip) or stop the run (error)."""
     paths = list_images(folder)
     checkpoints = find_checkpoints(run)
-    probs, bad = predict_paths(paths, checkpoints, tta=tta, device=device, on_bad_image=on_bad_image,
-                               persons=persons)
+    probs, bad, cfg = _predict(paths, checkpoints, tta, device, None, on_bad_image, persons,
+                               run_age_bias(run, calibrate, checkpoints))
     keep = np.setdiff1d(np.arange(len(paths)), bad)
-    cfg = Config.from_dict(torch.load(checkpoints[0], map_location="cpu", weights_only=False)["config"])
     write_csv(out, predictions_table([paths[i] for i in keep], probs[keep], cfg.age_bounds))
     return Path(out)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from . import distributed
+from .calibration import calibrate_run
 from .config import Config
 from .data import data_fingerprint, load_train_table
 from .engine import fit
@@ -62,6 +63,8 @@ def train(cfg: Config, resume: bool = False) -> dict:
         results[k] = fit_fold(cfg, table, images, k, run_dir / f"fold{k}", resume=resume)
     summary = summarise_folds(results)
     if distributed.is_main():
+        if cfg.calibrate_age:
+            summary.update(calibrate(run_dir, cfg))
         write_json(run_dir / "summary.json", summary)
         log_run(cfg, run_dir)
     distributed.barrier()
@@ -80,6 +83,19 @@ def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out_d
     result = fit(cfg, table[~is_val].reset_index(drop=True), table[is_val].reset_index(drop=True),
                  images[~is_val], images[is_val], out_dir, resume=resume, extra=extra)
     return {**result, "n_pseudo": 0 if extra is None else len(extra[0])}
+
+
+def calibrate(run_dir, cfg: Config) -> dict:
+    """Fits the age-band bias on every finished fold of the run; its nested scores go into the summary as cal_*."""
+    fit = calibrate_run(run_dir, cfg.person_consistent)
+    if fit is None:
+        log.info("age calibration skipped: it needs validation predictions of 2 or more folds (fold=-1 trains all)")
+        return {}
+    log.info("age calibration on folds %s: log-prior bias %s, macro F1 %.4f -> %.4f (each fold's bias fitted on "
+             "the other folds)", fit["folds"], fit["age_log_bias"], fit["f1_before"], fit["f1_after"])
+    return {"cal_age_log_bias": fit["age_log_bias"], "cal_folds": fit["folds"],
+            **{f"cal_{k}": fit[f"{k}_after"] for k in ("f1", "acc", "acc_age", "f1_age", "f1_old")},
+            "cal_f1_std": fit["f1_after_std"]}
 
 
 def summarise_folds(results: dict[int, dict]) -> dict:
