@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .calibration import apply_age_bias, load_age_bias
 from .config import Config
@@ -50,12 +49,14 @@ def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "au
 
     tta / persons (person-consistent inference over these images) default to the run's config; `age_bias` (from
     calibration.load_age_bias) reweights the age bands last, where it was fitted."""
-    return _predict(paths, checkpoints, tta, device, batch_size, on_bad_image, persons, age_bias)[:2]
+    return _predict(paths, checkpoints, tta, device, batch_size, on_bad_image, persons, lambda cfg: age_bias)[:2]
 
 
-def _predict(paths, checkpoints, tta, device, batch_size, on_bad_image, persons, age_bias):
+def _predict(paths, checkpoints, tta, device, batch_size, on_bad_image, persons, age_bias_for):
+    """predict_paths, also returning the ensemble's config; `age_bias_for(config)` picks the bias."""
     rt = Runtime(Config(device=device))
     models, cfg = load_ensemble(checkpoints, rt.device)
+    age_bias = age_bias_for(cfg)
     models = [rt.prepare(m) for m in models]
     # the run's own crop settings: a model trained on face crops must see face crops
     images, bad = cached_images(paths, cfg.img_size, on_bad_image, CropSettings.from_config(cfg, device=device),
@@ -70,12 +71,9 @@ def _predict(paths, checkpoints, tta, device, batch_size, on_bad_image, persons,
     return probs, bad, cfg
 
 
-def run_age_bias(run: str | Path, calibrate: bool | None, checkpoints) -> np.ndarray | None:
-    """The run's fitted age bias when calibration is on (default: the run's calibrate_age) and was fitted."""
-    if calibrate is None:
-        ckpt = torch.load(checkpoints[0], map_location="cpu", weights_only=False)
-        calibrate = Config.from_dict(ckpt["config"], source=str(checkpoints[0])).calibrate_age
-    return load_age_bias(run) if calibrate else None
+def run_age_bias(run: str | Path, calibrate: bool | None):
+    """For _predict: the run's fitted age bias when calibration is on (None: as the run's calibrate_age says)."""
+    return lambda cfg: load_age_bias(run) if (cfg.calibrate_age if calibrate is None else calibrate) else None
 
 
 def check_submission(sub: pd.DataFrame, info: pd.DataFrame, where: str = "submission") -> None:
@@ -102,8 +100,7 @@ def write_submission(data_dir: str | Path, run: str | Path, out: str | Path | No
     """Predicts eval/info.csv with the run's fold ensemble; writes `ImageID,ans` in info.csv's exact order."""
     info = load_eval_table(data_dir)
     checkpoints = find_checkpoints(run)
-    probs, _ = predict_paths(info["path"], checkpoints, tta=tta, device=device, persons=persons,
-                             age_bias=run_age_bias(run, calibrate, checkpoints))
+    probs = _predict(info["path"], checkpoints, tta, device, None, "error", persons, run_age_bias(run, calibrate))[0]
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": probs.argmax(1).astype(int)})
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     out = Path(out) if out else run_dir / "submission.csv"
@@ -131,7 +128,7 @@ def predict_folder(folder: str | Path, run: str | Path, out: str | Path, tta: bo
     paths = list_images(folder)
     checkpoints = find_checkpoints(run)
     probs, bad, cfg = _predict(paths, checkpoints, tta, device, None, on_bad_image, persons,
-                               run_age_bias(run, calibrate, checkpoints))
+                               run_age_bias(run, calibrate))
     keep = np.setdiff1d(np.arange(len(paths)), bad)
     write_csv(out, predictions_table([paths[i] for i in keep], probs[keep], cfg.age_bounds))
     return Path(out)
