@@ -100,10 +100,10 @@ def run_folder(name: str, data_dir: str, runs: Path) -> Path:
     return Path(runs) / f"{name}-{config_hash(variant_config(name, data_dir, runs))}"
 
 
-# Keys that do not change what a fold trains or how the bench scores it (TTA and person grouping are scored both
-# ways regardless).
+# Keys that do not change what a fold trains or how the bench scores it (TTA, person grouping and calibration are
+# scored every way regardless).
 NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "num_workers", "compile", "device",
-              "tta", "person_consistent", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke")
+              "tta", "person_consistent", "calibrate_age", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke")
 # Keys added to Config after folds were run, at the value that reproduces the old training: left out of the hash
 # at that value, so finished folds stay valid.
 NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none"}
