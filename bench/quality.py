@@ -97,7 +97,11 @@ def variant_config(name: str, data_dir: str, runs: Path) -> Config:
 
 
 def run_folder(name: str, data_dir: str, runs: Path) -> Path:
-    return Path(runs) / f"{name}-{config_hash(variant_config(name, data_dir, runs))}"
+    """runs/<variant>-<hash>; a variant whose config another variant already trained (e.g. "default" once the
+    defaults became a measured variant) reuses that folder, and its rows keep the first variant's name."""
+    digest = config_hash(variant_config(name, data_dir, runs))
+    same = sorted(Path(runs).glob(f"*-{digest}"))
+    return same[0] if same else Path(runs) / f"{name}-{digest}"
 
 
 # Keys that do not change what a fold trains or how the bench scores it (TTA, person grouping and calibration are
@@ -225,12 +229,13 @@ def main(argv=None):
         cfg = variant_config(name, args.data, Path(args.runs))
         run_dir = run_folder(name, args.data, Path(args.runs))
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        if not (run_dir / "config.yaml").exists():
+            (run_dir / "config.yaml").write_text(cfg.to_yaml())
         for k in folds:
             res = run_fold(cfg, k, run_dir, data, robustness=(k == 0))
             print(f"{name} fold {k}: f1 {res['f1']:.4f}  +tta {res['f1+tta']:.4f}  +persons "
                   f"{res['f1+tta+persons']:.4f}  ({res['wall_s'] / 60:.1f} min)", flush=True)
-        write_tables(Path(args.runs), Path(args.out), command)
+        write_tables(Path(args.runs), Path(args.out), command, run_folder("default", args.data, Path(args.runs)).name)
 
 
 def collect(runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -264,10 +269,13 @@ def calibrated_scores(runs: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "fold"] + ([] if rows else ["f1+tta+persons+calib"]))
 
 
-def write_tables(runs: Path, out: Path, command: str) -> None:
+def write_tables(runs: Path, out: Path, command: str, default_run: str) -> None:
     folds, robust = collect(runs)
     if folds.empty:
         return
+    # the rows of the config Config() trains now, whichever variant name first trained it
+    folds["variant"] = folds["variant"].where(folds["run"] != default_run, folds["variant"] + " (= default)")
+    folds["variant"] = folds["variant"].str.replace("default (= default)", "default", regex=False)
     out.mkdir(parents=True, exist_ok=True)
     table = summarise(folds).sort_values("f1", ascending=False)
     table.to_csv(out / "quality.csv", index=False)
