@@ -1,7 +1,8 @@
 """Quality ablation: trains config variants on person-held-out folds and tabulates what each one buys.
 
-    .venv/bin/python bench/quality.py --data ../shared/data/utkmask --folds 0,1            # quick screen
-    .venv/bin/python bench/quality.py --data ../shared/data/utkmask --folds all --variants default
+    .venv/bin/python bench/quality.py                                      # the whole committed table (RECIPE)
+    .venv/bin/python bench/quality.py --variants lite1,old58 --folds 0     # a quick screen
+    .venv/bin/python bench/quality.py --variants default --folds all       # confirm on the 5 folds
 
 Every variant is a set of config overrides on PLAIN (the plain fine-tune the kit started from). Each
 (variant, fold) trains into runs/quality/<variant>-<config hash>/fold<k>; a finished fold is reused and an
@@ -83,6 +84,12 @@ VARIANTS = {
     "pseudo-val": dict(pseudo_label="validation", pseudo_run="@plain", pseudo_threshold=0.9),
     "default": None,  # the package's Config() defaults, whatever they are now
 }
+
+
+# What bench/results/quality.md was made of: 5-fold confirmations first, then the fold-0 (or 2-fold) screens.
+RECIPE = [("plain,default,ema", "all"),
+          ("ema-wear2-160px,wear2-160px,age-both,balanced,robust-aug", "0"),
+          ("vcutmix", "0,1")]
 
 
 def variant_config(name: str, data_dir: str, runs: Path) -> Config:
@@ -217,25 +224,35 @@ def summarise(folds: pd.DataFrame) -> pd.DataFrame:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/utkmask")
-    ap.add_argument("--variants", default="plain,age-both,ema,vcutmix,old58,balanced,strong-aug")
-    ap.add_argument("--folds", default="0,1", help="comma list of the 5 folds, or 'all'")
+    ap.add_argument("--variants", help="comma list of VARIANTS names (default: every RECIPE step)")
+    ap.add_argument("--folds", default="0,1", help="comma list of the 5 folds, or 'all' (with --variants)")
     ap.add_argument("--runs", default="runs/quality")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
-    folds = list(range(5)) if args.folds == "all" else [int(f) for f in args.folds.split(",")]
+    steps = RECIPE if args.variants is None else [(args.variants, args.folds)]
     data = DataCache()
     command = " ".join([".venv/bin/python", "bench/quality.py", *(argv or sys.argv[1:])])
-    for name in args.variants.split(","):
-        cfg = variant_config(name, args.data, Path(args.runs))
-        run_dir = run_folder(name, args.data, Path(args.runs))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "config.yaml").exists():
-            (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        for k in folds:
-            res = run_fold(cfg, k, run_dir, data, robustness=(k == 0))
-            print(f"{name} fold {k}: f1 {res['f1']:.4f}  +tta {res['f1+tta']:.4f}  +persons "
-                  f"{res['f1+tta+persons']:.4f}  ({res['wall_s'] / 60:.1f} min)", flush=True)
-        write_tables(Path(args.runs), Path(args.out), command, run_folder("default", args.data, Path(args.runs)).name)
+    for variants, fold_list in steps:
+        for name in variants.split(","):
+            run_variant(name, parse_folds(fold_list), args, data)
+            write_tables(Path(args.runs), Path(args.out), command,
+                         run_folder("default", args.data, Path(args.runs)).name)
+
+
+def parse_folds(text: str) -> list[int]:
+    return list(range(5)) if text == "all" else [int(f) for f in text.split(",")]
+
+
+def run_variant(name: str, folds: list[int], args, data: DataCache) -> None:
+    cfg = variant_config(name, args.data, Path(args.runs))
+    run_dir = run_folder(name, args.data, Path(args.runs))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "config.yaml").exists():
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    for k in folds:
+        res = run_fold(cfg, k, run_dir, data, robustness=(k == 0))
+        print(f"{name} fold {k}: f1 {res['f1']:.4f}  +tta {res['f1+tta']:.4f}  +persons "
+              f"{res['f1+tta+persons']:.4f}  ({res['wall_s'] / 60:.1f} min)", flush=True)
 
 
 def collect(runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -281,9 +298,9 @@ def write_tables(runs: Path, out: Path, command: str, default_run: str) -> None:
     table.to_csv(out / "quality.csv", index=False)
     folds.to_csv(out / "quality_folds.csv", index=False)
     text = (f"# Quality: person-held-out folds of {runs}\n\nmachine: {machine()}\n\n"
-            "Rows collect every finished fold under the runs folder, whichever command trained it: the screen is "
-            "`.venv/bin/python bench/quality.py --folds 0 --variants <names>`, the default's confirmation "
-            "`.venv/bin/python bench/quality.py --variants default --folds all`. "
+            "Rows collect every finished fold under the runs folder, whichever command trained it; "
+            "`.venv/bin/python bench/quality.py` with no arguments re-makes the whole table (its RECIPE: 5-fold "
+            "confirmations, then the screens; finished folds are reused). "
             f"Last command: `{command}`\n\n"
             "`+calib`: the age-band prior bias (mcls/calibration.py) scored on each fold after fitting it on the "
             "variant's other folds only. Mean over the folds run (`folds`), `f1_std` its spread; `train_min_per_fold` is wall time while the "
