@@ -283,7 +283,7 @@ def calibrated_scores(runs: Path) -> pd.DataFrame:
         for path, nested in zip(kept, fit["nested"]):
             rows.append({"run": run.name, "fold": int(path.parent.name[4:]), "age_bias": str(nested["bias"]),
                          **{f"{k}+tta+persons+calib": v for k, v in nested["after"].items()}})
-    return pd.DataFrame(rows, columns=["run", "fold"] + ([] if rows else ["f1+tta+persons+calib"]))
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run", "fold", "f1+tta+persons+calib"])
 
 
 def write_tables(runs: Path, out: Path, command: str, default_run: str) -> None:
