@@ -43,7 +43,7 @@ from mcls.dataset import ImageArrayDataset  # noqa: E402
 from mcls.engine import Runtime, load_checkpoint, predict_dataset  # noqa: E402
 from mcls.io import atomic_path, write_json  # noqa: E402
 from mcls.metrics import score  # noqa: E402
-from mcls.calibration import fit_age_bias  # noqa: E402
+from mcls.calibration import fit_age_bias, fold_number  # noqa: E402
 from mcls.persons import consistency_scores, face_embeddings, group_images, share_within_groups  # noqa: E402
 from mcls.robustness import mask_robustness  # noqa: E402
 from mcls.train import fit_fold, load_training_data  # noqa: E402
@@ -281,7 +281,7 @@ def calibrated_scores(runs: Path) -> pd.DataFrame:
         loaded = [np.load(p) for p in kept]
         fit = fit_age_bias([(z["labels"], share_within_groups(z["probs_tta"], z["groups"])) for z in loaded])
         for path, nested in zip(kept, fit["nested"]):
-            rows.append({"run": run.name, "fold": int(path.parent.name[4:]), "age_bias": str(nested["bias"]),
+            rows.append({"run": run.name, "fold": fold_number(path), "age_bias": str(nested["bias"]),
                          **{f"{k}+tta+persons+calib": v for k, v in nested["after"].items()}})
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run", "fold", "f1+tta+persons+calib"])
 
@@ -291,8 +291,8 @@ def write_tables(runs: Path, out: Path, command: str, default_run: str) -> None:
     if folds.empty:
         return
     # the rows of the config Config() trains now, whichever variant name first trained it
-    folds["variant"] = folds["variant"].where(folds["run"] != default_run, folds["variant"] + " (= default)")
-    folds["variant"] = folds["variant"].str.replace("default (= default)", "default", regex=False)
+    marked = (folds["run"] == default_run) & (folds["variant"] != "default")
+    folds["variant"] = folds["variant"].where(~marked, folds["variant"] + " (= default)")
     out.mkdir(parents=True, exist_ok=True)
     table = summarise(folds).sort_values("f1", ascending=False)
     table.to_csv(out / "quality.csv", index=False)

@@ -95,8 +95,13 @@ def fold_predictions(run_dir: str | Path, person_consistent: bool) -> dict[int, 
                 raise ValueError(f"{path}: no 'group' column (written before person groups were saved); "
                                  "re-run the fold, or calibrate with person_consistent=false")
             probs = share_within_groups(probs, df["group"].to_numpy())
-        out[int(path.parent.name[4:])] = (df["label"].to_numpy(), probs)
+        out[fold_number(path)] = (df["label"].to_numpy(), probs)
     return out
+
+
+def fold_number(path: str | Path) -> int:
+    """k of a file inside a run's fold<k>/ folder."""
+    return int(Path(path).parent.name.removeprefix("fold"))
 
 
 def calibrate_run(run_dir: str | Path, person_consistent: bool) -> dict | None:
