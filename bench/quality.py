@@ -85,6 +85,12 @@ VARIANTS = {
     "default": None,  # the package's Config() defaults, whatever they are now
 }
 
+# Variants of the package's defaults rather than of PLAIN: what the shipped config gains from one more switch.
+ON_DEFAULT = {
+    "default+pseudo-val": dict(pseudo_label="validation", pseudo_run="@default", pseudo_threshold=0.9),
+    "default+lite1": dict(backbone="tf_efficientnet_lite1"),
+}
+
 
 # What bench/results/quality.md was made of: 5-fold confirmations first, then the fold-0 (or 2-fold) screens.
 RECIPE = [("plain,default", "all"),
@@ -94,9 +100,12 @@ RECIPE = [("plain,default", "all"),
 
 def variant_config(name: str, data_dir: str, runs: Path) -> Config:
     """The variant's config; a value "@other" names the run folder of variant `other` (a pseudo-label teacher)."""
-    if name not in VARIANTS:
-        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
-    base = {} if VARIANTS[name] is None else {**PLAIN, **VARIANTS[name]}
+    if name in ON_DEFAULT:
+        base = dict(ON_DEFAULT[name])
+    elif name in VARIANTS:
+        base = {} if VARIANTS[name] is None else {**PLAIN, **VARIANTS[name]}
+    else:
+        raise SystemExit(f"unknown variant {name!r}; known: {', '.join([*VARIANTS, *ON_DEFAULT])}")
     for key, value in base.items():
         if isinstance(value, str) and value.startswith("@"):
             base[key] = str(run_folder(value[1:], data_dir, runs))
@@ -124,6 +133,8 @@ def config_hash(cfg: Config) -> str:
     keep = {k: v for k, v in cfg.to_dict().items()
             if k not in NOT_HASHED and NEUTRAL.get(k, object()) != v
             and not (k.startswith("pseudo_") and cfg.pseudo_label == "none")}
+    if keep.get("pseudo_run"):  # the teacher by its folder name, so --runs may be given relative or absolute
+        keep["pseudo_run"] = Path(keep["pseudo_run"]).name
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:8]
 
 
