@@ -42,6 +42,7 @@ from mcls.config import Config  # noqa: E402
 from mcls.dataset import ImageArrayDataset  # noqa: E402
 from mcls.engine import Runtime, load_checkpoint, predict_dataset  # noqa: E402
 from mcls.io import atomic_path, write_json  # noqa: E402
+from mcls.labels import NUM_CLASSES  # noqa: E402
 from mcls.metrics import score  # noqa: E402
 from mcls.calibration import fit_age_bias, fold_number  # noqa: E402
 from mcls.persons import consistency_scores, face_embeddings, group_images, share_within_groups  # noqa: E402
@@ -190,16 +191,25 @@ PROBS = "val_probs.npz"
 
 def fold_probs(cfg: Config, out: Path, table: pd.DataFrame, images: np.ndarray, fold: int):
     """The best checkpoint's validation probabilities without and with TTA, and the blind person groups, kept in
-    fold<k>/val_probs.npz so that calibration can be fitted across folds later."""
+    fold<k>/val_probs.npz so that calibration can be fitted across folds later. Training already saved one TTA
+    mode and the groups in val_predictions.csv: only the other mode is predicted here."""
     is_val = (table["fold"] == fold).to_numpy()
+    val = table[is_val]
+    saved = pd.read_csv(out / "val_predictions.csv")
+    if saved["path"].astype(str).tolist() != val["path"].astype(str).tolist():
+        raise ValueError(f"{out / 'val_predictions.csv'}: its rows are not fold {fold}'s validation images")
     rt = Runtime(cfg)
     model = rt.prepare(load_checkpoint(out / "best.pt", rt.device)[0])
-    val_ds = ImageArrayDataset(images[is_val])
-    probs = {f"probs{tag}": predict_dataset(model, val_ds, rt, rt.eval_batch(cfg.batch_size), tta=tta)
-             for tag, tta in (("", False), ("_tta", True))}
-    groups = group_images(face_embeddings(images[is_val]), cfg.group_threshold)
-    scored = {**probs, "groups": groups, "labels": table.loc[is_val, "label"].to_numpy(),
-              "persons": table.loc[is_val, "person"].astype(str).to_numpy()}
+    saved_tta = json.loads((out / "summary.json").read_text())["tta"]  # the mode the fold was trained with
+    other = predict_dataset(model, ImageArrayDataset(images[is_val]), rt, rt.eval_batch(cfg.batch_size),
+                            tta=not saved_tta)
+    trained = saved[[f"p{k}" for k in range(NUM_CLASSES)]].to_numpy(np.float32)
+    probs, probs_tta = (other, trained) if saved_tta else (trained, other)
+    # folds trained before val_predictions.csv kept the groups
+    groups = (saved["group"].to_numpy() if "group" in saved
+              else group_images(face_embeddings(images[is_val]), cfg.group_threshold))
+    scored = {"probs": probs, "probs_tta": probs_tta, "groups": groups, "labels": val["label"].to_numpy(),
+              "persons": val["person"].to_numpy(dtype=str)}
     with atomic_path(out / PROBS) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **scored)
     return model, scored
