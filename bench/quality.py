@@ -4,7 +4,8 @@
     .venv/bin/python bench/quality.py --variants lite1,old58 --folds 0     # a quick screen
     .venv/bin/python bench/quality.py --variants default --folds all       # confirm on the 5 folds
 
-Every variant is a set of config overrides on PLAIN (the plain fine-tune the kit started from). Each
+Every variant is a set of config overrides on PLAIN (the plain fine-tune the kit started from), or, for the
+ON_DEFAULT ones ("default+..."), on the package's defaults. Each
 (variant, fold) trains into runs/quality/<variant>-<config hash>/fold<k>; a finished fold is reused and an
 interrupted one resumes from its last epoch, so the command can be re-run after a crash or with more folds.
 Inference-only options (flip TTA, person-consistent inference) are scored from the same checkpoints, as rows
@@ -31,6 +32,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,7 +44,9 @@ from mcls.config import Config  # noqa: E402
 from mcls.dataset import ImageArrayDataset  # noqa: E402
 from mcls.engine import Runtime, load_checkpoint, predict_dataset  # noqa: E402
 from mcls.io import atomic_path, write_json  # noqa: E402
-from mcls.labels import NUM_CLASSES  # noqa: E402
+from mcls.data import read_persons  # noqa: E402
+from mcls.labels import NUM_CLASSES, decode  # noqa: E402
+from mcls.models import head_probs  # noqa: E402
 from mcls.metrics import score  # noqa: E402
 from mcls.calibration import fit_age_bias, fold_number  # noqa: E402
 from mcls.persons import consistency_scores, face_embeddings, group_images, share_within_groups  # noqa: E402
@@ -95,8 +99,9 @@ ON_DEFAULT = {
 
 # What bench/results/quality.md was made of: 5-fold confirmations first, then the fold-0 (or 2-fold) screens.
 RECIPE = [("plain,default", "all"),
+          ("default+pseudo-val", "all"),  # its teachers are the default's fold models
           ("vcutmix,age-dist,old58", "0,1"),
-          ("ema,wear2-160px,age-both,balanced,robust-aug", "0")]  # ema-wear2-160px is the default
+          ("ema,wear2-160px,age-both,balanced,robust-aug,default+lite1", "0")]  # ema-wear2-160px is the default
 
 
 def variant_config(name: str, data_dir: str, runs: Path) -> Config:
@@ -257,7 +262,7 @@ def main(argv=None):
         for name in variants.split(","):
             run_variant(name, parse_folds(fold_list), args, data)
             write_tables(Path(args.runs), Path(args.out), command,
-                         run_folder("default", args.data, Path(args.runs)).name)
+                         run_folder("default", args.data, Path(args.runs)).name, args.data)
 
 
 def parse_folds(text: str) -> list[int]:
@@ -307,7 +312,27 @@ def calibrated_scores(runs: Path) -> pd.DataFrame:
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run", "fold", "f1+tta+persons+calib"])
 
 
-def write_tables(runs: Path, out: Path, command: str, default_run: str) -> None:
+def age_by_edge_distance(run: Path, data_dir: str, bounds=(30, 60)) -> pd.DataFrame:
+    """The age band's accuracy (+tta +persons) over the run's folds, by how far each true age lies from the nearest
+    band edge: tells boundary noise (errors only near 30 and 60) from a coarse age estimate (errors far from them)."""
+    ages = read_persons(data_dir).set_index("id")["age"].astype(int)
+    rows = []
+    for path in sorted(run.glob(f"fold*/{PROBS}")):
+        z = np.load(path)
+        shared = share_within_groups(z["probs_tta"], z["groups"])
+        predicted = head_probs(torch.as_tensor(shared))["age"].numpy().argmax(1)
+        age = ages.loc[z["persons"]].to_numpy()
+        rows.append(pd.DataFrame({"correct": predicted == decode(z["labels"])[2],
+                                  "years": np.min([abs(age - (b - 0.5)) for b in bounds], axis=0)}))
+    if not rows:
+        return pd.DataFrame()
+    d = pd.concat(rows)
+    d["years from 30 or 60"] = pd.cut(d["years"], [0, 3, 6, 10, 20, 200])
+    return (d.groupby("years from 30 or 60", observed=True)["correct"].agg(age_acc="mean", images="size")
+            .reset_index().astype({"years from 30 or 60": str}))
+
+
+def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir: str) -> None:
     folds, robust = collect(runs)
     if folds.empty:
         return
@@ -334,6 +359,11 @@ def write_tables(runs: Path, out: Path, command: str, default_run: str) -> None:
                  + wide.round(3).to_markdown() + "\n")
         wide = robust.pivot_table(index="variant", columns="shift", values="acc_mask", sort=False)
         text += "\n## Mask head under shifts (fold 0): accuracy over all mask states\n\n" + wide.round(3).to_markdown() + "\n"
+    edges = age_by_edge_distance(runs / default_run, data_dir)
+    if not edges.empty:
+        edges.to_csv(out / "quality_age_edges.csv", index=False)
+        text += ("\n## Default: age-band accuracy (+tta +persons) by the true age's distance from a band edge\n\n"
+                 + edges.round(3).to_markdown(index=False) + "\n")
     (out / "quality.md").write_text(text)
     plot(table, out / "quality.png")
     print(text, flush=True)
