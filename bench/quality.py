@@ -96,6 +96,10 @@ ON_DEFAULT = {
     "default+lite1": dict(backbone="tf_efficientnet_lite1"),
 }
 
+# Averages of variants' validation probabilities (every variant splits its folds with seed 42, so fold k is the same
+# persons in each): what ensembling different models buys, from runs already trained.
+ENSEMBLES = {"default & plain": ("default", "plain"),
+             "default & plain & vcutmix & age-dist": ("default", "plain", "vcutmix", "age-dist")}
 
 # What bench/results/quality.md was made of: 5-fold confirmations first, then the fold-0 (or 2-fold) screens.
 RECIPE = [("plain,default", "all"),
@@ -281,8 +285,9 @@ def run_variant(name: str, folds: list[int], args, data: DataCache) -> None:
               f"{res['f1+tta+persons']:.4f}  ({res['wall_s'] / 60:.1f} min)", flush=True)
 
 
-def collect(runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every finished fold under runs/ (whatever command produced it), with the variant named by its folder."""
+def collect(runs: Path, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every finished fold under runs/ (whatever command produced it), with the variant named by its folder, and
+    the ENSEMBLES' folds."""
     folds, robust = [], []
     for done in sorted(runs.glob("*/fold*/bench.json")):
         name = done.parent.parent.name.rsplit("-", 1)[0]
@@ -293,6 +298,7 @@ def collect(runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     folds = pd.DataFrame(folds)
     if not folds.empty:
         folds = folds.merge(calibrated_scores(runs), on=["run", "fold"], how="left")
+        folds = pd.concat([folds, ensemble_folds(runs, data_dir, folds)], ignore_index=True)
     return folds, (pd.concat(robust) if robust else pd.DataFrame())
 
 
@@ -301,15 +307,47 @@ def calibrated_scores(runs: Path) -> pd.DataFrame:
     score is out of sample); runs with fewer than two folds get none."""
     rows = []
     for run in sorted(p for p in runs.iterdir() if p.is_dir()):
-        kept = sorted(run.glob(f"fold*/{PROBS}"))
-        if len(kept) < 2:
-            continue
-        loaded = [np.load(p) for p in kept]
-        fit = fit_age_bias([(z["labels"], share_within_groups(z["probs_tta"], z["groups"])) for z in loaded])
-        for path, nested in zip(kept, fit["nested"]):
-            rows.append({"run": run.name, "fold": fold_number(path), "age_bias": str(nested["bias"]),
-                         **{f"{k}+tta+persons+calib": v for k, v in nested["after"].items()}})
+        kept = {fold_number(p): np.load(p) for p in sorted(run.glob(f"fold*/{PROBS}"))}
+        rows += nested_calibration(run.name, {k: (z["labels"], share_within_groups(z["probs_tta"], z["groups"]))
+                                              for k, z in kept.items()})
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run", "fold", "f1+tta+persons+calib"])
+
+
+def nested_calibration(run: str, by_fold: dict) -> list[dict]:
+    """{fold: (labels, shared probabilities)} -> per-fold scores with the age bias fitted on the other folds."""
+    if len(by_fold) < 2:
+        return []
+    fit = fit_age_bias(list(by_fold.values()))
+    return [{"run": run, "fold": k, "age_bias": str(nested["bias"]),
+             **{f"{m}+tta+persons+calib": v for m, v in nested["after"].items()}}
+            for k, nested in zip(by_fold, fit["nested"])]
+
+
+def ensemble_folds(runs: Path, data_dir: str, folds: pd.DataFrame) -> pd.DataFrame:
+    """Per fold that all members finished: their +tta probabilities averaged, then person sharing (the first
+    member's blind groups) and nested calibration, as prediction would serve the ensemble. Training time is the
+    members' sum."""
+    rows = []
+    for name, members in ENSEMBLES.items():
+        dirs = [run_folder(m, data_dir, runs) for m in members]
+        common = set.intersection(*({fold_number(p) for p in d.glob(f"fold*/{PROBS}")} for d in dirs))
+        by_fold, fold_rows = {}, []
+        for k in sorted(common):
+            kept = [np.load(d / f"fold{k}" / PROBS) for d in dirs]
+            if any((z["labels"] != kept[0]["labels"]).any() for z in kept):
+                raise ValueError(f"{name}: members' fold {k} holds different validation images")
+            probs = np.mean([z["probs_tta"] for z in kept], axis=0)
+            by_fold[k] = (kept[0]["labels"], share_within_groups(probs, kept[0]["groups"]))
+            member = folds[folds["run"].isin([d.name for d in dirs]) & (folds["fold"] == k)]
+            fold_rows.append({"variant": name, "run": name, "fold": k, "wall_s": member["wall_s"].sum(),
+                              "cpu_s": member["cpu_s"].sum(), "best_epoch": np.nan,
+                              "group_ari": member["group_ari"].iloc[0],
+                              **{f"{m}+tta+persons": v for m, v in score(*by_fold[k]).items()}})
+        if fold_rows:
+            calibrated = nested_calibration(name, by_fold)
+            rows.append(pd.DataFrame(fold_rows).merge(pd.DataFrame(calibrated), on=["run", "fold"], how="left")
+                        if calibrated else pd.DataFrame(fold_rows))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
 def age_by_edge_distance(run: Path, data_dir: str, bounds=(30, 60)) -> pd.DataFrame:
@@ -333,7 +371,7 @@ def age_by_edge_distance(run: Path, data_dir: str, bounds=(30, 60)) -> pd.DataFr
 
 
 def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir: str) -> None:
-    folds, robust = collect(runs)
+    folds, robust = collect(runs, data_dir)
     if folds.empty:
         return
     # the rows of the config Config() trains now, whichever variant name first trained it
