@@ -94,16 +94,19 @@ VARIANTS = {
 ON_DEFAULT = {
     "default+pseudo-val": dict(pseudo_label="validation", pseudo_run="@default", pseudo_threshold=0.9),
     "default+lite1": dict(backbone="tf_efficientnet_lite1"),
+    "default+seed7": dict(train_seed=7),  # the default again on the same folds: seed noise, and a seed ensemble
 }
 
 # Averages of variants' validation probabilities (every variant splits its folds with seed 42, so fold k is the same
 # persons in each): what ensembling different models buys, from runs already trained.
 ENSEMBLES = {"default & plain": ("default", "plain"),
+             "default & default+seed7": ("default", "default+seed7"),
              "default & plain & vcutmix & age-dist": ("default", "plain", "vcutmix", "age-dist")}
 
 # What bench/results/quality.md was made of: 5-fold confirmations first, then the fold-0 (or 2-fold) screens.
 RECIPE = [("plain,default", "all"),
           ("default+pseudo-val", "all"),  # its teachers are the default's fold models
+          ("default+seed7", "all"),
           ("vcutmix,age-dist,old58", "0,1"),
           ("ema,wear2-160px,age-both,balanced,robust-aug,default+lite1", "0")]  # ema-wear2-160px is the default
 
@@ -136,7 +139,7 @@ NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "num_wo
               "tta", "person_consistent", "calibrate_age", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke")
 # Keys added to Config after folds were run, at the value that reproduces the old training: left out of the hash
 # at that value, so finished folds stay valid.
-NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none"}
+NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none", "train_seed": -1}
 
 
 def config_hash(cfg: Config) -> str:

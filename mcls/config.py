@@ -37,7 +37,8 @@ class Config:
     # --- folds ---
     n_folds: int = 5
     fold: int = 0  # validation fold to train against; -1 trains every fold
-    seed: int = 42
+    seed: int = 42  # the fold split, and training's randomness unless train_seed is set
+    train_seed: int = -1  # >= 0: initialisation, order and augmentation from this seed, folds still from `seed`
     # --- model ---
     backbone: str = "tf_efficientnet_lite0"
     pretrained: str = "offline"  # offline | timm | none | path to a state_dict file
@@ -162,6 +163,11 @@ class Config:
             out.append(f"crop_margin={self.crop_margin} and crop_chin={self.crop_chin} must be >= 0, "
                        f"crop_fallback={self.crop_fallback} in (0, 1]")
         return out
+
+    @property
+    def training_seed(self) -> int:
+        """What training's randomness is drawn from; a second model on the same folds differs only in train_seed."""
+        return self.seed if self.train_seed < 0 else self.train_seed
 
     def resolved(self) -> "Config":
         """Applies the `smoke` switch: the same pipeline, tiny enough for tests and a first try."""

@@ -221,7 +221,7 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
     """
     out_dir = Path(out_dir)
     rt = Runtime(cfg)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.training_seed)
     net = rt.prepare(model_from_config(cfg))
     model = distributed.wrap(net, rt.device, cfg.sync_bn)
     if cfg.compile:  # training steps only; validation, EMA and checkpoints use the plain module
@@ -266,7 +266,7 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
                          pin_memory=rt.pin_memory, sampler=sampler)
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"]
-        epoch_seed = cfg.seed * 1000 + epoch
+        epoch_seed = cfg.training_seed * 1000 + epoch
         seed_everything(epoch_seed)
         if mixer is not None:
             mixer.reseed(epoch_seed)

@@ -50,6 +50,16 @@ def test_same_seed_same_metrics(tiny_cfg, tmp_path):
     assert a["f1"] == b["f1"] and a["per_fold"]["0"]["acc"] == b["per_fold"]["0"]["acc"]
 
 
+def test_train_seed_changes_the_model_not_the_folds(tiny_cfg, tmp_path):
+    train(tiny_cfg)
+    train(tiny_cfg.updated({"run_dir": str(tmp_path / "seed7"), "train_seed": 7}))
+    a, b = (pd.read_csv(Path(run) / "fold0" / "val_predictions.csv") for run in (tiny_cfg.run_dir, tmp_path / "seed7"))
+    assert a["path"].tolist() == b["path"].tolist()  # the same validation persons: the two can be ensembled
+    probs = [f"p{k}" for k in range(18)]
+    assert (a[probs] - b[probs]).abs().to_numpy().max() > 1e-3  # another initialisation, order and augmentation
+    assert tiny_cfg.training_seed == tiny_cfg.seed and tiny_cfg.updated({"train_seed": 7}).training_seed == 7
+
+
 def _cli(run_dir, *extra):
     # EMA on: its average must resume exactly too
     args = [f"{k}={v}" for k, v in {**TINY, "epochs": 4, "ema_decay": 0.9, "data_dir": ROOT / "data" / "sample"}.items()]
