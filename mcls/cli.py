@@ -35,8 +35,10 @@ def cmd_predict(args) -> None:
     tta = None if args.tta is None else args.tta == "on"
     persons = None if args.persons is None else args.persons == "on"
     calibrate = None if args.calibration is None else args.calibration == "on"
+    if len(args.run) > 1 and not args.out:
+        raise SystemExit("an ensemble of runs (--run given more than once) needs --out: no single run folder owns it")
     if args.folder:
-        out = args.out or str(Path(args.run) / "predictions.csv")
+        out = args.out or str(Path(args.run[0]) / "predictions.csv")
         print(predict_folder(args.folder, args.run, out, tta=tta, device=cfg.device, on_bad_image=cfg.on_bad_image,
                              persons=persons, calibrate=calibrate))
     else:
@@ -198,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", cmd_train, "train one fold (fold=K) or all folds (fold=-1) into run_dir")
     p.add_argument("--resume", action="store_true", help="continue the run in run_dir from its last checkpoint")
     p = add("predict", cmd_predict, "write run/submission.csv for data_dir/eval, or predict a folder")
-    p.add_argument("--run", required=True, help="run folder (fold ensemble) or one checkpoint file")
+    p.add_argument("--run", required=True, action="append",
+                   help="run folder (fold ensemble) or one checkpoint file; give it again to average several runs "
+                        "(e.g. train_seed variants; served without calibration)")
     p.add_argument("--folder", help="predict every image under this folder instead of eval/info.csv")
     p.add_argument("--out", help="output CSV path")
     p.add_argument("--tta", choices=("on", "off"), help="flip TTA (default: the run's config)")

@@ -1,4 +1,5 @@
-"""Prediction: fold ensembles with flip TTA, a checked submission writer, and predicting any image folder."""
+"""Prediction: fold ensembles (and ensembles of runs) with flip TTA, a checked submission writer, and predicting any
+image folder."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,6 +43,14 @@ def load_ensemble(checkpoints, device) -> tuple[list, Config]:
     return list(models), cfgs[0]
 
 
+def as_runs(run) -> list[Path]:
+    """One run (a folder or a checkpoint file) or several: an ensemble of runs."""
+    runs = [Path(run)] if isinstance(run, (str, Path)) else [Path(r) for r in run]
+    if not runs:
+        raise ValueError("no run given")
+    return runs
+
+
 def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "auto", batch_size: int | None = None,
                   on_bad_image: str = "error", persons: bool | None = None,
                   age_bias=None) -> tuple[np.ndarray, list[int]]:
@@ -49,31 +58,45 @@ def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "au
 
     tta / persons (person-consistent inference over these images) default to the run's config; `age_bias` (from
     calibration.load_age_bias) reweights the age bands last, where it was fitted."""
-    return _predict(paths, checkpoints, tta, device, batch_size, on_bad_image, persons, lambda cfg: age_bias)[:2]
+    return _predict(paths, [checkpoints], tta, device, batch_size, on_bad_image, persons, lambda cfg: age_bias)[:2]
 
 
-def _predict(paths, checkpoints, tta, device, batch_size, on_bad_image, persons, age_bias_for):
-    """predict_paths, also returning the ensemble's config; `age_bias_for(config)` picks the bias."""
+def _predict(paths, members, tta, device, batch_size, on_bad_image, persons, age_bias_for):
+    """predict_paths for one or more members (each a list of checkpoints: a run's fold ensemble), averaged with
+    equal weight per member; each member sees the images at its own size and crop. Person groups and the defaults
+    come from the first member's config, which is returned too; `age_bias_for(config)` picks the bias."""
     rt = Runtime(Config(device=device))
-    models, cfg = load_ensemble(checkpoints, rt.device)
-    age_bias = age_bias_for(cfg)
-    models = [rt.prepare(m) for m in models]
-    # the run's own crop settings: a model trained on face crops must see face crops
-    images, bad = cached_images(paths, cfg.img_size, on_bad_image, CropSettings.from_config(cfg, device=device),
-                                cfg.image_cache)
-    probs = predict_dataset(models, ImageArrayDataset(images), rt, batch_size or rt.eval_batch(cfg.batch_size),
-                            tta=cfg.tta if tta is None else tta)
+    probs, bad, first = [], set(), None
+    for checkpoints in members:
+        models, cfg = load_ensemble(checkpoints, rt.device)
+        # the run's own crop settings: a model trained on face crops must see face crops
+        images, missing = cached_images(paths, cfg.img_size, on_bad_image, CropSettings.from_config(cfg, device=device),
+                                        cfg.image_cache)
+        probs.append(predict_dataset([rt.prepare(m) for m in models], ImageArrayDataset(images), rt,
+                                     batch_size or rt.eval_batch(cfg.batch_size), tta=cfg.tta if tta is None else tta))
+        bad.update(missing)
+        if first is None:
+            first, first_images = cfg, images
+    probs = np.mean(probs, axis=0)
+    bad = sorted(bad)
     keep = np.setdiff1d(np.arange(len(paths)), bad)
-    if cfg.person_consistent if persons is None else persons:
-        probs[keep] = person_consistent(probs[keep], images[keep], cfg.group_threshold)[0]
+    if first.person_consistent if persons is None else persons:
+        probs[keep] = person_consistent(probs[keep], first_images[keep], first.group_threshold)[0]
+    age_bias = age_bias_for(first)
     if age_bias is not None:
         probs[keep] = apply_age_bias(probs[keep], age_bias)
-    return probs, bad, cfg
+    return probs, bad, first
 
 
-def run_age_bias(run: str | Path, calibrate: bool | None):
-    """For _predict: the run's fitted age bias when calibration is on (None: as the run's calibrate_age says)."""
-    return lambda cfg: load_age_bias(run) if (cfg.calibrate_age if calibrate is None else calibrate) else None
+def run_age_bias(runs: list[Path], calibrate: bool | None):
+    """For _predict: the run's fitted age bias when calibration is on (None: as the run's calibrate_age says).
+    The bias is fitted for one run's predictions; an ensemble of runs is served without it."""
+    if len(runs) > 1 and calibrate:
+        raise ValueError("calibration.json is fitted for one run's predictions; predict an ensemble of runs with "
+                         "calibration off")
+    if len(runs) > 1:
+        return lambda cfg: None
+    return lambda cfg: load_age_bias(runs[0]) if (cfg.calibrate_age if calibrate is None else calibrate) else None
 
 
 def check_submission(sub: pd.DataFrame, info: pd.DataFrame, where: str = "submission") -> None:
@@ -95,14 +118,19 @@ def check_submission(sub: pd.DataFrame, info: pd.DataFrame, where: str = "submis
         raise SubmissionError(f"{where}: refusing to write: " + "; ".join(problems))
 
 
-def write_submission(data_dir: str | Path, run: str | Path, out: str | Path | None = None, tta: bool | None = None,
+def write_submission(data_dir: str | Path, run, out: str | Path | None = None, tta: bool | None = None,
                      device: str = "auto", persons: bool | None = None, calibrate: bool | None = None) -> Path:
-    """Predicts eval/info.csv with the run's fold ensemble; writes `ImageID,ans` in info.csv's exact order."""
+    """Predicts eval/info.csv with the run's fold ensemble (or several runs' ensembles averaged); writes
+    `ImageID,ans` in info.csv's exact order."""
+    runs = as_runs(run)
+    if len(runs) > 1 and out is None:
+        raise ValueError("an ensemble of runs needs an output path (--out): no single run folder owns it")
+    age_bias_for = run_age_bias(runs, calibrate)
     info = load_eval_table(data_dir)
-    checkpoints = find_checkpoints(run)
-    probs = _predict(info["path"], checkpoints, tta, device, None, "error", persons, run_age_bias(run, calibrate))[0]
+    members = [find_checkpoints(r) for r in runs]
+    probs = _predict(info["path"], members, tta, device, None, "error", persons, age_bias_for)[0]
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": probs.argmax(1).astype(int)})
-    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+    run_dir = runs[0] if runs[0].is_dir() else runs[0].parent
     out = Path(out) if out else run_dir / "submission.csv"
     check_submission(sub, info, str(out))
     keep_previous(out, sub.to_csv(index=False))
@@ -121,14 +149,16 @@ def predictions_table(paths, probs: np.ndarray, age_bounds=(30, 60)) -> pd.DataF
     return pd.concat([df, pd.DataFrame(probs.round(5), columns=[f"p{k}" for k in range(NUM_CLASSES)])], axis=1)
 
 
-def predict_folder(folder: str | Path, run: str | Path, out: str | Path, tta: bool | None = None,
+def predict_folder(folder: str | Path, run, out: str | Path, tta: bool | None = None,
                    device: str = "auto", on_bad_image: str = "error", persons: bool | None = None,
                    calibrate: bool | None = None) -> Path:
-    """Predicts every image under `folder` into a CSV; unreadable files are listed (skip) or stop the run (error)."""
+    """Predicts every image under `folder` into a CSV with one run or several (averaged); unreadable files are
+    listed (skip) or stop the run (error)."""
+    runs = as_runs(run)
+    age_bias_for = run_age_bias(runs, calibrate)
     paths = list_images(folder)
-    checkpoints = find_checkpoints(run)
-    probs, bad, cfg = _predict(paths, checkpoints, tta, device, None, on_bad_image, persons,
-                               run_age_bias(run, calibrate))
+    members = [find_checkpoints(r) for r in runs]
+    probs, bad, cfg = _predict(paths, members, tta, device, None, on_bad_image, persons, age_bias_for)
     keep = np.setdiff1d(np.arange(len(paths)), bad)
     write_csv(out, predictions_table([paths[i] for i in keep], probs[keep], cfg.age_bounds))
     return Path(out)

@@ -27,3 +27,8 @@ def test_bad_config_is_a_clear_error():
 def test_missing_data_is_a_clear_error(tmp_path):
     r = run("train", f"data_dir={tmp_path}", f"run_dir={tmp_path / 'run'}")
     assert r.returncode == 2 and "train.csv" in r.stderr and "file not found" in r.stderr
+
+
+def test_predict_an_ensemble_of_runs_needs_an_output_path(trained_run):
+    r = run("predict", "--run", str(trained_run), "--run", str(trained_run))
+    assert r.returncode != 0 and "needs --out" in r.stderr

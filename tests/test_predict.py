@@ -84,3 +84,28 @@ def test_person_consistent_prediction_answers_gender_and_age_once_per_blind_grou
     groups = group_images(face_embeddings(load_images(paths, cfg.img_size)[0]), cfg.group_threshold)
     per_group = pd.DataFrame({"g": groups, "gender": gender, "age": age}).groupby("g").nunique()
     assert (per_group == 1).all().all() and len(per_group) < len(paths) / 2
+
+
+def test_an_ensemble_of_runs_averages_each_run_at_its_own_size(trained_run, sample_dir, tmp_path):
+    from mcls.config import Config
+    from mcls.train import train
+
+    from conftest import TINY
+
+    other = tmp_path / "other"  # another size and seed on the same folds
+    train(Config(data_dir=str(sample_dir), run_dir=str(other), **{**TINY, "img_size": 64, "train_seed": 3}))
+    folder = sample_dir / "eval" / "images"
+    opts = dict(persons=False, calibrate=False)
+    probs = {}
+    for name, run in (("a", trained_run), ("b", other), ("ab", [trained_run, other])):
+        out = predict_folder(folder, run, tmp_path / f"{name}.csv", **opts)
+        probs[name] = pd.read_csv(out)[[f"p{k}" for k in range(18)]].to_numpy()
+    assert np.allclose(probs["ab"], (probs["a"] + probs["b"]) / 2, atol=2e-5)
+    assert not np.allclose(probs["a"], probs["b"], atol=1e-3)
+
+    with pytest.raises(ValueError, match="--out"):
+        write_submission(sample_dir, [trained_run, other])
+    with pytest.raises(ValueError, match="calibration off"):
+        write_submission(sample_dir, [trained_run, other], out=tmp_path / "s.csv", calibrate=True)
+    sub = pd.read_csv(write_submission(sample_dir, [trained_run, other], out=tmp_path / "s.csv"))
+    assert list(sub["ImageID"]) == list(pd.read_csv(sample_dir / "eval" / "info.csv")["ImageID"])
