@@ -11,7 +11,7 @@ interrupted one resumes from its last epoch, so the command can be re-run after 
 Inference-only options (flip TTA, person-consistent inference) are scored from the same checkpoints, as rows
 "<variant> +tta" and "<variant> +tta +persons"; a variant run on 2+ folds also gets "+tta +persons +calib", the
 age-band bias of mcls.calibration fitted on its other folds (nested). Fold 0 also gets the mask head's accuracy
-under shifts.
+under shifts. ENSEMBLES are scored from their members' kept validation probabilities, without training anything.
 
 Writes bench/results/quality.{md,csv} (one row per variant: mean and spread over the folds it ran),
 quality_folds.csv (one row per fold), quality_robustness.csv and quality.png (macro F1 vs training time).
