@@ -45,7 +45,7 @@ from mcls.dataset import ImageArrayDataset  # noqa: E402
 from mcls.engine import Runtime, load_checkpoint, predict_dataset  # noqa: E402
 from mcls.io import atomic_path, write_json  # noqa: E402
 from mcls.data import read_persons  # noqa: E402
-from mcls.labels import NUM_CLASSES, decode  # noqa: E402
+from mcls.labels import PROB_COLUMNS, decode  # noqa: E402
 from mcls.models import head_probs  # noqa: E402
 from mcls.metrics import score  # noqa: E402
 from mcls.calibration import fit_age_bias, fold_number  # noqa: E402
@@ -215,7 +215,7 @@ def fold_probs(cfg: Config, out: Path, table: pd.DataFrame, images: np.ndarray, 
     saved_tta = json.loads((out / "summary.json").read_text())["tta"]  # the mode the fold was trained with
     other = predict_dataset(model, ImageArrayDataset(images[is_val]), rt, rt.eval_batch(cfg.batch_size),
                             tta=not saved_tta)
-    trained = saved[[f"p{k}" for k in range(NUM_CLASSES)]].to_numpy(np.float32)
+    trained = saved[PROB_COLUMNS].to_numpy(np.float32)
     probs, probs_tta = (other, trained) if saved_tta else (trained, other)
     # folds trained before val_predictions.csv kept the groups
     groups = (saved["group"].to_numpy() if "group" in saved

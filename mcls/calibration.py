@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .io import write_json
-from .labels import NUM_CLASSES
+from .labels import NUM_CLASSES, PROB_COLUMNS
 from .metrics import score
 from .persons import share_within_groups
 
@@ -89,7 +89,7 @@ def fold_predictions(run_dir: str | Path, person_consistent: bool) -> dict[int, 
     out = {}
     for path in sorted(Path(run_dir).glob("fold*/val_predictions.csv")):
         df = pd.read_csv(path)
-        probs = df[[f"p{k}" for k in range(NUM_CLASSES)]].to_numpy(np.float32)
+        probs = df[PROB_COLUMNS].to_numpy(np.float32)
         if person_consistent:
             if "group" not in df:
                 raise ValueError(f"{path}: no 'group' column (written before person groups were saved); "

@@ -21,7 +21,7 @@ from . import distributed
 from .config import Config
 from .dataset import ImageArrayDataset, epoch_order, epoch_rows, make_loader, targets_of
 from .io import save_torch, write_csv, write_json
-from .labels import HEAD_SIZES, NUM_CLASSES
+from .labels import HEAD_SIZES, NUM_CLASSES, PROB_COLUMNS
 from .losses import AgeDistributionLoss, create_loss, inverse_frequency_weights
 from .metrics import confusion, score
 from .mixing import BatchMixer
@@ -322,8 +322,7 @@ def finish_fold(cfg, out_dir: Path, val_df, val_ds, rt: Runtime, state: dict) ->
         pred = val_df[["person", "path", "label"]].copy()
         pred["group"] = groups
         pred["pred"] = probs.argmax(1)
-        for k in range(NUM_CLASSES):
-            pred[f"p{k}"] = probs[:, k].round(5)
+        pred[PROB_COLUMNS] = probs.round(5)
         write_csv(out_dir / "val_predictions.csv", pred)
         write_json(out_dir / "summary.json", result)
         save(confusion_matrix_figure(confusion(labels, probs), cfg.age_bounds), out_dir / "confusion_matrix.png")

@@ -8,6 +8,7 @@ GENDERS = ("male", "female")
 HEADS = ("mask", "gender", "age")
 HEAD_SIZES = {"mask": 3, "gender": 2, "age": 3}
 NUM_CLASSES = 18
+PROB_COLUMNS = [f"p{k}" for k in range(NUM_CLASSES)]  # the class probabilities in every predictions CSV
 
 # File stem -> mask state, as the competition names a person's seven photos.
 FILE_MASK = {"mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0, "incorrect_mask": 1, "normal": 2}

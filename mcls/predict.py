@@ -15,7 +15,7 @@ from .engine import Runtime, load_checkpoint, predict_dataset
 from .faces import CropSettings
 from .image_cache import cached_images
 from .io import keep_previous, write_csv
-from .labels import NUM_CLASSES, age_band_names, decode, GENDERS, MASK_STATES
+from .labels import NUM_CLASSES, PROB_COLUMNS, age_band_names, decode, GENDERS, MASK_STATES
 from .persons import person_consistent
 
 
@@ -91,12 +91,18 @@ def _predict(paths, members, tta, device, batch_size, on_bad_image, persons, age
 def run_age_bias(runs: list[Path], calibrate: bool | None):
     """For _predict: the run's fitted age bias when calibration is on (None: as the run's calibrate_age says).
     The bias is fitted for one run's predictions; an ensemble of runs is served without it."""
-    if len(runs) > 1 and calibrate:
-        raise ValueError("calibration.json is fitted for one run's predictions; predict an ensemble of runs with "
-                         "calibration off")
     if len(runs) > 1:
+        if calibrate:
+            raise ValueError("calibration.json is fitted for one run's predictions; predict an ensemble of runs "
+                             "with calibration off")
         return lambda cfg: None
     return lambda cfg: load_age_bias(runs[0]) if (cfg.calibrate_age if calibrate is None else calibrate) else None
+
+
+def run_members(runs: list[Path], calibrate: bool | None):
+    """(_predict's members: each run's checkpoints, its age-bias picker), checked before anything is predicted."""
+    age_bias_for = run_age_bias(runs, calibrate)
+    return [find_checkpoints(r) for r in runs], age_bias_for
 
 
 def check_submission(sub: pd.DataFrame, info: pd.DataFrame, where: str = "submission") -> None:
@@ -125,9 +131,8 @@ def write_submission(data_dir: str | Path, run, out: str | Path | None = None, t
     runs = as_runs(run)
     if len(runs) > 1 and out is None:
         raise ValueError("an ensemble of runs needs an output path (--out): no single run folder owns it")
-    age_bias_for = run_age_bias(runs, calibrate)
+    members, age_bias_for = run_members(runs, calibrate)
     info = load_eval_table(data_dir)
-    members = [find_checkpoints(r) for r in runs]
     probs = _predict(info["path"], members, tta, device, None, "error", persons, age_bias_for)[0]
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": probs.argmax(1).astype(int)})
     run_dir = runs[0] if runs[0].is_dir() else runs[0].parent
@@ -146,7 +151,7 @@ def predictions_table(paths, probs: np.ndarray, age_bounds=(30, 60)) -> pd.DataF
     df = pd.DataFrame({"path": [str(p) for p in paths], "class": cls,
                        "mask": [MASK_STATES[m] for m in mask], "gender": [GENDERS[g] for g in gender],
                        "age_band": [ages[a] for a in band]})
-    return pd.concat([df, pd.DataFrame(probs.round(5), columns=[f"p{k}" for k in range(NUM_CLASSES)])], axis=1)
+    return pd.concat([df, pd.DataFrame(probs.round(5), columns=PROB_COLUMNS)], axis=1)
 
 
 def predict_folder(folder: str | Path, run, out: str | Path, tta: bool | None = None,
@@ -154,10 +159,8 @@ def predict_folder(folder: str | Path, run, out: str | Path, tta: bool | None = 
                    calibrate: bool | None = None) -> Path:
     """Predicts every image under `folder` into a CSV with one run or several (averaged); unreadable files are
     listed (skip) or stop the run (error)."""
-    runs = as_runs(run)
-    age_bias_for = run_age_bias(runs, calibrate)
+    members, age_bias_for = run_members(as_runs(run), calibrate)
     paths = list_images(folder)
-    members = [find_checkpoints(r) for r in runs]
     probs, bad, cfg = _predict(paths, members, tta, device, None, on_bad_image, persons, age_bias_for)
     keep = np.setdiff1d(np.arange(len(paths)), bad)
     write_csv(out, predictions_table([paths[i] for i in keep], probs[keep], cfg.age_bounds))

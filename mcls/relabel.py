@@ -20,11 +20,10 @@ import pandas as pd
 
 from .data import RELABEL_FIELDS, DataError, read_relabels
 from .io import atomic_path
-from .labels import FILE_MASK, GENDERS, MASK_STATES, NUM_CLASSES, age_band, age_band_names, decode
+from .labels import FILE_MASK, GENDERS, MASK_STATES, NUM_CLASSES, PROB_COLUMNS, age_band, age_band_names, decode
 
 log = logging.getLogger(__name__)
 
-PROB_COLUMNS = [f"p{k}" for k in range(NUM_CLASSES)]
 QUEUE_COLUMNS = ["person", "field", "given", "suggested", "score", "reason", "check"]
 RELABEL_COLUMNS = ["id", "field", "old", "new", "reason", "time"]
 CHECKS = ("swap", "gender", "age", "edge")  # queue order: the first three by score, then the edge list
