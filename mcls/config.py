@@ -78,6 +78,7 @@ class Config:
     compile: bool = False  # torch.compile the training model (needs a C++ compiler on CPU; slow first epoch)
     # --- run ---
     run_dir: str = ""  # "" = runs/<timestamp>
+    members: list[str] = field(default_factory=list)  # presets / YAML overrides: more models on these folds, averaged
     tta: bool = True  # horizontal-flip test-time augmentation for prediction
     person_consistent: bool = True  # share gender/age across images grouped as one person (no ids used)
     group_threshold: float = 0.4  # cosine distance under which upper-face embeddings join one person
@@ -181,22 +182,29 @@ class Config:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Config":
         """A YAML file of config keys, or the name of a preset shipped in mcls/presets (e.g. "quality")."""
-        path = Path(path)
-        if not path.is_file() and (PRESETS / f"{path}.yaml").is_file():
-            path = PRESETS / f"{path}.yaml"
-        if not path.is_file():
-            known = ", ".join(sorted(f.stem for f in PRESETS.glob("*.yaml")))
-            raise ConfigError(f"{path}: config file not found (presets: {known})")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+        path, values = read_yaml_keys(path)
         return cls.from_dict(values, source=str(path))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def read_yaml_keys(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(the file found, its mapping of config keys) for a YAML path or a preset name; keys are checked by the
+    Config they are applied to."""
+    path = Path(path)
+    if not path.is_file() and (PRESETS / f"{path}.yaml").is_file():
+        path = PRESETS / f"{path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(f.stem for f in PRESETS.glob("*.yaml")))
+        raise ConfigError(f"{path}: config file not found (presets: {known})")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    return path, values
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from .config import Config
 from .data import list_images, load_eval_table
 from .dataset import ImageArrayDataset
 from .engine import Runtime, load_checkpoint, predict_dataset
+from .ensemble import run_with_members
 from .faces import CropSettings
 from .image_cache import cached_images
 from .io import keep_previous, write_csv
@@ -49,6 +50,11 @@ def as_runs(run) -> list[Path]:
     if not runs:
         raise ValueError("no run given")
     return runs
+
+
+def with_members(runs: list[Path]) -> list[Path]:
+    """The runs with the ensemble members each one trained (config key `members`) after it, each once."""
+    return list(dict.fromkeys(r.resolve() for run in runs for r in run_with_members(run)))
 
 
 def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "auto", batch_size: int | None = None,
@@ -131,7 +137,7 @@ def write_submission(data_dir: str | Path, run, out: str | Path | None = None, t
     runs = as_runs(run)
     if len(runs) > 1 and out is None:
         raise ValueError("an ensemble of runs needs an output path (--out): no single run folder owns it")
-    members, age_bias_for = run_members(runs, calibrate)
+    members, age_bias_for = run_members(with_members(runs), calibrate)
     info = load_eval_table(data_dir)
     probs = _predict(info["path"], members, tta, device, None, "error", persons, age_bias_for)[0]
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": probs.argmax(1).astype(int)})
@@ -159,7 +165,7 @@ def predict_folder(folder: str | Path, run, out: str | Path, tta: bool | None = 
                    calibrate: bool | None = None) -> Path:
     """Predicts every image under `folder` into a CSV with one run or several (averaged); unreadable files are
     listed (skip) or stop the run (error)."""
-    members, age_bias_for = run_members(as_runs(run), calibrate)
+    members, age_bias_for = run_members(with_members(as_runs(run)), calibrate)
     paths = list_images(folder)
     probs, bad, cfg = _predict(paths, members, tta, device, None, on_bad_image, persons, age_bias_for)
     keep = np.setdiff1d(np.arange(len(paths)), bad)

@@ -85,7 +85,7 @@ def list_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:
         metrics = json.loads(summary.read_text()) if summary.exists() else {}
         info = run / "run_info.json"
         fp = json.loads(info.read_text()).get("data_fingerprint") if info.exists() else None
-        rows.append({"run": run.name, "data": fp, **{k: metrics.get(k) for k in ("f1", "pc_f1", "cal_f1", "f1_mask",
+        rows.append({"run": run.name, "data": fp, **{k: metrics.get(k) for k in ("f1", "pc_f1", "cal_f1", "ens_f1", "f1_mask",
                                                                                     "f1_gender", "f1_age", "f1_old",
                                                                                     "folds")}})
         configs.append(cfg)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -62,13 +63,32 @@ def train(cfg: Config, resume: bool = False) -> dict:
     for k in folds:
         results[k] = fit_fold(cfg, table, images, k, run_dir / f"fold{k}", resume=resume)
     summary = summarise_folds(results)
+    if distributed.is_main() and cfg.calibrate_age:
+        summary.update(calibrate(run_dir, cfg))
+    if cfg.members:
+        summary.update(train_members(cfg, run_dir))
     if distributed.is_main():
-        if cfg.calibrate_age:
-            summary.update(calibrate(run_dir, cfg))
         write_json(run_dir / "summary.json", summary)
         log_run(cfg, run_dir)
     distributed.barrier()
     return summary
+
+
+def train_members(cfg: Config, run_dir) -> dict:
+    """Trains each ensemble member into <run>/members/<name> (resuming one already started), then scores the
+    averaged out-of-fold predictions of the run and its members (ens_*)."""
+    from .ensemble import ensemble_scores, member_configs, run_with_members
+
+    for name, member in member_configs(cfg):
+        log.info("ensemble member %s: %s", name, member.run_dir)
+        train(member, resume=(Path(member.run_dir) / "config.yaml").exists())
+    if not distributed.is_main():
+        return {}
+    scores = ensemble_scores(run_with_members(run_dir), cfg.person_consistent)
+    if scores:
+        log.info("ensemble of %d runs, folds %s: macro F1 %.4f (+- %.4f)", len(scores["ens_members"]),
+                 scores["ens_folds"], scores["ens_f1"], scores["ens_f1_std"])
+    return scores
 
 
 def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out_dir, resume: bool = False) -> dict:

@@ -1,0 +1,87 @@
+"""Ensembles of diverse models in one run: the config's `members` name override files (presets or YAML), each
+trained as its own run inside <run>/members/<name>/ on the same folds, and averaged at prediction.
+
+Members may change how a model trains (size, backbone, heads, mixing, seed of training) but never which persons
+land in which fold, or their out-of-fold predictions could not be averaged and scored honestly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .calibration import fold_number
+from .config import Config, ConfigError, read_yaml_keys
+from .labels import PROB_COLUMNS
+from .metrics import score
+from .persons import share_within_groups
+
+MEMBERS_DIR = "members"
+# Keys that decide the folds, the labels or the run layout: a member inherits them from the run.
+FIXED = ("data_dir", "relabel_file", "age_bounds", "n_folds", "fold", "seed", "on_bad_image", "run_dir", "members")
+
+
+def member_configs(cfg: Config) -> list[tuple[str, Config]]:
+    """(name, config) per member: the run's config with the member file's keys applied, in <run>/members/<name>."""
+    out, names = [], set()
+    for entry in cfg.members:
+        path, values = read_yaml_keys(entry)
+        name = path.stem
+        if name in names:
+            raise ConfigError(f"members: {name!r} is named twice; each member needs its own file name")
+        names.add(name)
+        fixed = sorted(set(values) & set(FIXED))
+        if fixed:
+            raise ConfigError(f"{path}: a member cannot set {', '.join(fixed)}: members train on the run's data and "
+                              "folds, so their validation predictions can be averaged")
+        run_dir = str(Path(cfg.run_dir) / MEMBERS_DIR / name) if cfg.run_dir else ""
+        out.append((name, cfg.updated({**values, "members": [], "run_dir": run_dir}, source=str(path))))
+    return out
+
+
+def run_with_members(run: str | Path) -> list[Path]:
+    """A run folder and the folders of its members (in config order); just the run when it has none."""
+    run = Path(run)
+    saved = run / "config.yaml"
+    if not (run.is_dir() and saved.is_file()):
+        return [run]
+    names = [read_yaml_keys(m)[0].stem for m in Config.from_yaml(saved).members]
+    missing = [n for n in names if not (run / MEMBERS_DIR / n / "config.yaml").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run}: member run(s) {missing} not trained yet (train the run again with --resume)")
+    return [run] + [run / MEMBERS_DIR / n for n in names]
+
+
+def fold_probabilities(run: Path) -> dict[int, pd.DataFrame]:
+    """{fold: its val_predictions.csv}."""
+    return {fold_number(p): pd.read_csv(p) for p in sorted(Path(run).glob("fold*/val_predictions.csv"))}
+
+
+def ensemble_scores(runs: list[Path], person_consistent: bool) -> dict:
+    """Out-of-fold scores of the runs' averaged validation probabilities (prefixed ens_), over the folds every
+    run finished; groups for person sharing come from the first run, as in prediction."""
+    tables = [fold_probabilities(r) for r in runs]
+    folds = sorted(set.intersection(*(set(t) for t in tables)))
+    per_fold = {}
+    for k in folds:
+        first = tables[0][k]
+        probs = []
+        for run, t in zip(runs, tables):
+            other = t[k].set_index("path").reindex(first["path"])
+            if other[PROB_COLUMNS].isna().any().any():
+                raise ValueError(f"{run}/fold{k}: validation images differ from {runs[0]}/fold{k}; "
+                                 "members must share data and folds")
+            probs.append(other[PROB_COLUMNS].to_numpy(np.float32))
+        mean = np.mean(probs, axis=0)
+        if person_consistent:
+            mean = share_within_groups(mean, first["group"].to_numpy())
+        per_fold[k] = score(first["label"].to_numpy(), mean)
+    if not per_fold:
+        return {}
+    df = pd.DataFrame(per_fold.values())
+    out = {f"ens_{c}": float(df[c].mean()) for c in df.columns}
+    out["ens_f1_std"] = float(df["f1"].std(ddof=0))
+    out["ens_folds"] = folds
+    out["ens_members"] = [str(r) for r in runs]
+    return out
