@@ -101,13 +101,16 @@ ON_DEFAULT = {
 # persons in each): what ensembling different models buys, from runs already trained.
 ENSEMBLES = {"default & plain": ("default", "plain"),
              "default & default+seed7": ("default", "default+seed7"),
-             "default & plain & vcutmix & age-dist": ("default", "plain", "vcutmix", "age-dist")}
+             "default & plain & vcutmix & age-dist": ("default", "plain", "vcutmix", "age-dist"),  # the quality preset
+             "default & plain & vcutmix & age-dist & mobilenetv2": ("default", "plain", "vcutmix", "age-dist",
+                                                                    "mobilenetv2")}
 
 # What bench/results/quality.md was made of: 5-fold confirmations first, then the fold-0 (or 2-fold) screens.
 RECIPE = [("plain,default", "all"),
           ("default+pseudo-val", "all"),  # its teachers are the default's fold models
           ("default+seed7", "all"),
-          ("vcutmix,age-dist,old58", "0,1"),
+          ("vcutmix,age-dist,mobilenetv2", "all"),  # members of the quality preset's ensemble (and a candidate)
+          ("old58", "0,1"),
           ("ema,wear2-160px,age-both,balanced,robust-aug,default+lite1", "0")]  # ema-wear2-160px is the default
 
 

@@ -57,6 +57,19 @@ def test_05_submission(trained_run):
     assert (trained_run / "05_submission" / "predicted_classes.png").is_file()
 
 
+def test_05_submission_averages_the_runs_ensemble_members(tiny_cfg, tmp_path):
+    from mcls.train import train
+
+    member = tmp_path / "small.yaml"
+    member.write_text("img_size: 40\n")
+    train(tiny_cfg.updated({"members": [str(member)], "calibrate_age": True, "fold": -1}))
+    run = Path(tiny_cfg.run_dir)
+    execute("05_submission", run)  # calibrate_age on: served without it, as an ensemble is
+    m = metrics(run, "05_submission")
+    assert m["runs"] == [str(run.resolve()), str((run / "members" / "small").resolve())]
+    assert len(m["checkpoints"]) == 8 and m["age_log_bias"] is None and m["rows"] == 21
+
+
 @pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
 def test_committed_notebooks_are_clean(path):
     book = nbformat.read(path, as_version=4)
