@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -117,8 +118,10 @@ def calibrate_run(run_dir: str | Path, person_consistent: bool) -> dict | None:
     return record
 
 
-def load_age_bias(run: str | Path) -> np.ndarray | None:
-    """The bias fitted for a run folder (or for the run a fold checkpoint belongs to); None if never fitted."""
+def load_age_bias(run: str | Path, persons: bool | None = None) -> np.ndarray | None:
+    """The bias fitted for a run folder (or for the run a fold checkpoint belongs to); None if never fitted.
+    `persons`: whether the predictions it is applied to are shared within person groups; a bias fitted the other
+    way is still returned, with a warning that it only approximates the fitted one there."""
     run = Path(run)
     if run.is_file():  # runs/<run>/fold<k>/best.pt
         run = run.parent.parent if run.parent.name.startswith("fold") else run.parent
@@ -126,6 +129,13 @@ def load_age_bias(run: str | Path) -> np.ndarray | None:
     if not path.is_file():
         return None
     try:
-        return np.asarray(json.loads(path.read_text())["age_log_bias"], dtype=np.float64)
+        record = json.loads(path.read_text())
+        bias = np.asarray(record["age_log_bias"], dtype=np.float64)
     except (ValueError, KeyError) as err:
         raise ValueError(f"{path}: not a calibration record ({err})") from None
+    fitted = record.get("person_consistent")
+    if persons is not None and fitted is not None and fitted != persons:
+        warnings.warn(f"{path}: the age bias was fitted with person_consistent={fitted} and is applied with "
+                      f"{persons}: an approximation there (refit with `mcls calibrate --run {run} "
+                      f"person_consistent={str(persons).lower()}`)", stacklevel=2)
+    return bias

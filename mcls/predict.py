@@ -64,13 +64,15 @@ def predict_paths(paths, checkpoints, tta: bool | None = None, device: str = "au
 
     tta / persons (person-consistent inference over these images) default to the run's config; `age_bias` (from
     calibration.load_age_bias) reweights the age bands last, where it was fitted."""
-    return _predict(paths, [checkpoints], tta, device, batch_size, on_bad_image, persons, lambda cfg: age_bias)[:2]
+    return _predict(paths, [checkpoints], tta, device, batch_size, on_bad_image, persons,
+                    lambda cfg, shared: age_bias)[:2]
 
 
 def _predict(paths, members, tta, device, batch_size, on_bad_image, persons, age_bias_for):
     """predict_paths for one or more members (each a list of checkpoints: a run's fold ensemble), averaged with
     equal weight per member; each member sees the images at its own size and crop. Person groups and the defaults
-    come from the first member's config, which is returned too; `age_bias_for(config)` picks the bias."""
+    come from the first member's config, which is returned too; `age_bias_for(config, shared)` picks the bias for
+    predictions shared within person groups or not."""
     rt = Runtime(Config(device=device))
     probs, bad, first = [], set(), None
     for checkpoints in members:
@@ -86,9 +88,10 @@ def _predict(paths, members, tta, device, batch_size, on_bad_image, persons, age
     probs = np.mean(probs, axis=0)
     bad = sorted(bad)
     keep = np.setdiff1d(np.arange(len(paths)), bad)
-    if first.person_consistent if persons is None else persons:
+    shared = first.person_consistent if persons is None else persons
+    if shared:
         probs[keep] = person_consistent(probs[keep], first_images[keep], first.group_threshold)[0]
-    age_bias = age_bias_for(first)
+    age_bias = age_bias_for(first, shared)
     if age_bias is not None:
         probs[keep] = apply_age_bias(probs[keep], age_bias)
     return probs, bad, first
@@ -101,8 +104,11 @@ def run_age_bias(runs: list[Path], calibrate: bool | None):
         if calibrate:
             raise ValueError("calibration.json is fitted for one run's predictions; predict an ensemble of runs "
                              "with calibration off")
-        return lambda cfg: None
-    return lambda cfg: load_age_bias(runs[0]) if (cfg.calibrate_age if calibrate is None else calibrate) else None
+        return lambda cfg, shared: None
+
+    def age_bias_for(cfg, shared):
+        return load_age_bias(runs[0], shared) if (cfg.calibrate_age if calibrate is None else calibrate) else None
+    return age_bias_for
 
 
 def run_members(runs: list[Path], calibrate: bool | None):

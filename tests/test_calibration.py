@@ -101,6 +101,9 @@ def test_prediction_applies_the_runs_calibration(two_fold_run, tmp_path):
     sub = pd.read_csv(write_submission(SAMPLE, run, out=tmp_path / "on.csv"))
     off = pd.read_csv(write_submission(SAMPLE, run, out=tmp_path / "off.csv", calibrate=False))
     assert (sub["ans"] % 3 == 2).all() and not (off["ans"] % 3 == 2).all()
+    # fitted on person-shared predictions: applying it to unshared ones is allowed, and said to be approximate
+    with pytest.warns(UserWarning, match="fitted with person_consistent=True and is applied with False"):
+        write_submission(SAMPLE, run, out=tmp_path / "unshared.csv", persons=False)
 
 
 def test_calibrate_command_refits_and_single_fold_runs_are_left_alone(two_fold_run, trained_run):
