@@ -47,7 +47,7 @@ from mcls.io import atomic_path, write_json  # noqa: E402
 from mcls.data import read_persons  # noqa: E402
 from mcls.labels import PROB_COLUMNS, decode  # noqa: E402
 from mcls.models import head_probs  # noqa: E402
-from mcls.metrics import score  # noqa: E402
+from mcls.metrics import macro_f1, score  # noqa: E402
 from mcls.calibration import fit_age_bias, fold_number  # noqa: E402
 from mcls.persons import consistency_scores, face_embeddings, group_images, share_within_groups  # noqa: E402
 from mcls.robustness import mask_robustness  # noqa: E402
@@ -103,13 +103,22 @@ ENSEMBLES = {"default & plain": ("default", "plain"),
              "default & default+seed7": ("default", "default+seed7"),
              "default & plain & vcutmix & age-dist": ("default", "plain", "vcutmix", "age-dist"),  # the quality preset
              "default & plain & vcutmix & age-dist & mobilenetv2": ("default", "plain", "vcutmix", "age-dist",
-                                                                    "mobilenetv2")}
+                                                                    "mobilenetv2"),
+             # two cheaper models whose training together costs about the default's: an ensemble within the budget
+             "mobilenetv2 & wear2": ("mobilenetv2", "wear2")}
+
+# Ensemble selection (greedy forward selection of members, one variant at a time, while the mean macro F1 rises),
+# nested: each fold's members are chosen on the other folds only, so its row estimates what choosing an ensemble
+# from these variants buys on unseen persons. The choice on all folds is printed as what a preset would ship.
+SELECTION_POOL = ("default", "plain", "default+seed7", "vcutmix", "age-dist", "mobilenetv2", "wear2")
+SELECTION_MAX = 4
 
 # What bench/results/quality.md was made of: 5-fold confirmations first, then the fold-0 (or 2-fold) screens.
 RECIPE = [("plain,default", "all"),
           ("default+pseudo-val", "all"),  # its teachers are the default's fold models
           ("default+seed7", "all"),
           ("vcutmix,age-dist,mobilenetv2", "all"),  # members of the quality preset's ensemble (and a candidate)
+          ("wear2", "all"),  # with mobilenetv2: the within-budget ensemble
           ("old58", "0,1"),
           ("ema,wear2-160px,age-both,balanced,robust-aug,default+lite1", "0")]  # ema-wear2-160px is the default
 
@@ -142,7 +151,7 @@ NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "num_wo
               "tta", "person_consistent", "calibrate_age", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke")
 # Keys added to Config after folds were run, at the value that reproduces the old training: left out of the hash
 # at that value, so finished folds stay valid.
-NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none", "train_seed": -1}
+NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none", "train_seed": -1, "members": []}
 
 
 def config_hash(cfg: Config) -> str:
@@ -304,7 +313,8 @@ def collect(runs: Path, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     folds = pd.DataFrame(folds)
     if not folds.empty:
         folds = folds.merge(calibrated_scores(runs), on=["run", "fold"], how="left")
-        folds = pd.concat([folds, ensemble_folds(runs, data_dir, folds)], ignore_index=True)
+        selected, _ = selection_folds(runs, data_dir, folds)
+        folds = pd.concat([folds, ensemble_folds(runs, data_dir, folds), selected], ignore_index=True)
     return folds, (pd.concat(robust) if robust else pd.DataFrame())
 
 
@@ -356,6 +366,47 @@ def ensemble_folds(runs: Path, data_dir: str, folds: pd.DataFrame) -> pd.DataFra
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
+def select_members(pool: dict[str, dict], folds: list[int], groups: dict) -> list[str]:
+    """Greedy forward selection on `folds`: the best single variant, then whichever addition raises the mean macro
+    F1 (+tta +persons, sharing within `groups`) most, until none does or SELECTION_MAX are in."""
+    def mean_f1(names):
+        return np.mean([macro_f1(pool[names[0]][k][0],
+                                  share_within_groups(np.mean([pool[n][k][1] for n in names], 0), groups[k]).argmax(1))
+                        for k in folds])
+
+    chosen, best = [], -1.0
+    while len(chosen) < SELECTION_MAX:
+        trials = {n: mean_f1(chosen + [n]) for n in pool if n not in chosen}
+        if not trials or max(trials.values()) <= best:
+            break
+        name = max(trials, key=trials.get)
+        chosen, best = chosen + [name], trials[name]
+    return chosen
+
+
+def selection_folds(runs: Path, data_dir: str, folds: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Rows of the nested ensemble selection (members chosen on the other folds, scored on this one) and the
+    members chosen on every fold; empty while fewer than two of SELECTION_POOL have all folds."""
+    dirs = {n: run_folder(n, data_dir, runs) for n in SELECTION_POOL}
+    kept = {n: {fold_number(p): np.load(p) for p in sorted(d.glob(f"fold*/{PROBS}"))} for n, d in dirs.items()}
+    n_folds = Config().n_folds
+    pool = {n: {k: (z["labels"], z["probs_tta"]) for k, z in f.items()} for n, f in kept.items() if len(f) == n_folds}
+    if len(pool) < 2 or "default" not in pool:
+        return pd.DataFrame(), []
+    groups = {k: z["groups"] for k, z in kept["default"].items()}  # a run with members shares by its own groups
+    rows = []
+    for k in range(n_folds):
+        chosen = select_members(pool, [j for j in range(n_folds) if j != k], groups)
+        labels = pool[chosen[0]][k][0]
+        probs = share_within_groups(np.mean([pool[n][k][1] for n in chosen], 0), groups[k])
+        member = folds[folds["run"].isin([dirs[n].name for n in chosen]) & (folds["fold"] == k)]
+        rows.append({"variant": "ensemble selection (nested)", "run": "ensemble selection", "fold": k,
+                     "members": " & ".join(chosen), "wall_s": member["wall_s"].sum(), "cpu_s": member["cpu_s"].sum(),
+                     "best_epoch": np.nan, "group_ari": np.nan,
+                     **{f"{m}+tta+persons": v for m, v in score(labels, probs).items()}})
+    return pd.DataFrame(rows), select_members(pool, list(range(n_folds)), groups)
+
+
 def age_by_edge_distance(run: Path, data_dir: str, bounds=(30, 60)) -> pd.DataFrame:
     """The age band's accuracy (+tta +persons) over the run's folds, by how far each true age lies from the nearest
     band edge: tells boundary noise (errors only near 30 and 60) from a coarse age estimate (errors far from them)."""
@@ -403,6 +454,13 @@ def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir
                  + wide.round(3).to_markdown() + "\n")
         wide = robust.pivot_table(index="variant", columns="shift", values="acc_mask", sort=False)
         text += "\n## Mask head under shifts (fold 0): accuracy over all mask states\n\n" + wide.round(3).to_markdown() + "\n"
+    chosen = folds.loc[folds["variant"] == "ensemble selection (nested)", ["fold", "members"]]
+    if not chosen.empty:
+        shipped = selection_folds(runs, data_dir, folds)[1]
+        text += ("\n## Ensemble selection\n\nGreedy forward selection from " + ", ".join(SELECTION_POOL)
+                 + f" (at most {SELECTION_MAX}; +tta +persons). Members chosen on the other folds, per held-out fold "
+                 "(the row `ensemble selection (nested)` scores these):\n\n" + chosen.to_markdown(index=False)
+                 + f"\n\nChosen on all folds (what a preset ships; in-sample): {' & '.join(shipped)}\n")
     edges = age_by_edge_distance(runs / default_run, data_dir)
     if not edges.empty:
         edges.to_csv(out / "quality_age_edges.csv", index=False)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .io import write_json
 from .labels import NUM_CLASSES, PROB_COLUMNS
-from .metrics import score
+from .metrics import macro_f1, score
 from .persons import share_within_groups
 
 FILE = "calibration.json"
@@ -35,16 +35,6 @@ def apply_age_bias(probs: np.ndarray, bias) -> np.ndarray:
     return (p / p.sum(1, keepdims=True)).astype(np.float32)
 
 
-def _macro_f1(labels: np.ndarray, pred: np.ndarray) -> float:
-    """metrics.score's macro F1 (classes present in truth or prediction), in numpy: the grid calls it thousands
-    of times."""
-    k = NUM_CLASSES
-    cm = np.bincount(labels * k + pred, minlength=k * k).reshape(k, k)
-    tp, truth, said = np.diag(cm), cm.sum(1), cm.sum(0)
-    present = (truth + said) > 0
-    return float((2 * tp[present] / (truth[present] + said[present])).mean())
-
-
 def _grid_scores(folds: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list[tuple], np.ndarray]:
     """Every grid bias, smallest first (so ties keep the gentler one), and its macro F1 on each fold."""
     grid = sorted(((y, 0.0, o) for y, o in itertools.product(GRID_YOUNG, GRID_OLD)), key=lambda b: (abs(b[0]) + abs(b[2]), b))
@@ -52,7 +42,7 @@ def _grid_scores(folds: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list[tuple
     for j, (labels, probs) in enumerate(folds):
         logp = np.log(np.asarray(probs, dtype=np.float64).reshape(-1, 3, 2, 3) + 1e-12)
         for i, b in enumerate(grid):
-            table[i, j] = _macro_f1(labels, (logp + np.asarray(b)).reshape(len(labels), -1).argmax(1))
+            table[i, j] = macro_f1(labels, (logp + np.asarray(b)).reshape(len(labels), -1).argmax(1))
     return grid, table
 
 
