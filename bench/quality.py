@@ -48,7 +48,7 @@ from mcls.data import read_persons  # noqa: E402
 from mcls.labels import PROB_COLUMNS, decode  # noqa: E402
 from mcls.models import head_probs  # noqa: E402
 from mcls.metrics import macro_f1, score  # noqa: E402
-from mcls.calibration import fit_age_bias, fold_number  # noqa: E402
+from mcls.calibration import apply_age_bias, fit_age_bias, fold_number  # noqa: E402
 from mcls.persons import consistency_scores, face_embeddings, group_images, share_within_groups  # noqa: E402
 from mcls.robustness import mask_robustness  # noqa: E402
 from mcls.train import fit_fold, load_training_data  # noqa: E402
@@ -107,11 +107,12 @@ ENSEMBLES = {"default & plain": ("default", "plain"),
              # two cheaper models whose training together costs about the default's: an ensemble within the budget
              "mobilenetv2 & wear2": ("mobilenetv2", "wear2")}
 
-# Ensemble selection (greedy forward selection of members, one variant at a time, while the mean macro F1 rises),
-# nested: each fold's members are chosen on the other folds only, so its row estimates what choosing an ensemble
-# from these variants buys on unseen persons. The choice on all folds is printed as what a preset would ship.
+# Ensemble selection for a run with members: the default model, then greedy forward selection of members (one
+# variant at a time, while the mean macro F1 rises), nested: each fold's members are chosen on the other folds only,
+# so its row estimates what choosing members from this pool buys on unseen persons. The choice on all folds is what
+# the quality preset ships.
 SELECTION_POOL = ("default", "plain", "default+seed7", "vcutmix", "age-dist", "mobilenetv2", "wear2")
-SELECTION_MAX = 4
+SELECTION_MAX = 4  # models, the default included
 
 # What bench/results/quality.md was made of: 5-fold confirmations first, then the fold-0 (or 2-fold) screens.
 RECIPE = [("plain,default", "all"),
@@ -367,14 +368,15 @@ def ensemble_folds(runs: Path, data_dir: str, folds: pd.DataFrame) -> pd.DataFra
 
 
 def select_members(pool: dict[str, dict], folds: list[int], groups: dict) -> list[str]:
-    """Greedy forward selection on `folds`: the best single variant, then whichever addition raises the mean macro
-    F1 (+tta +persons, sharing within `groups`) most, until none does or SELECTION_MAX are in."""
+    """Greedy forward selection on `folds`: the default, then whichever addition raises the mean macro F1 (+tta
+    +persons, sharing within `groups`) most, until none does or SELECTION_MAX are in."""
     def mean_f1(names):
         return np.mean([macro_f1(pool[names[0]][k][0],
                                   share_within_groups(np.mean([pool[n][k][1] for n in names], 0), groups[k]).argmax(1))
                         for k in folds])
 
-    chosen, best = [], -1.0
+    chosen = ["default"]
+    best = mean_f1(chosen)
     while len(chosen) < SELECTION_MAX:
         trials = {n: mean_f1(chosen + [n]) for n in pool if n not in chosen}
         if not trials or max(trials.values()) <= best:
@@ -396,14 +398,19 @@ def selection_folds(runs: Path, data_dir: str, folds: pd.DataFrame) -> tuple[pd.
     groups = {k: z["groups"] for k, z in kept["default"].items()}  # a run with members shares by its own groups
     rows = []
     for k in range(n_folds):
-        chosen = select_members(pool, [j for j in range(n_folds) if j != k], groups)
-        labels = pool[chosen[0]][k][0]
-        probs = share_within_groups(np.mean([pool[n][k][1] for n in chosen], 0), groups[k])
+        others = [j for j in range(n_folds) if j != k]
+        chosen = select_members(pool, others, groups)
+        served = {j: (pool["default"][j][0], share_within_groups(np.mean([pool[n][j][1] for n in chosen], 0),
+                                                                 groups[j])) for j in range(n_folds)}
+        # the run's calibration is fitted on its members' average, on the other folds only here
+        bias = fit_age_bias([served[j] for j in others])["age_log_bias"]
         member = folds[folds["run"].isin([dirs[n].name for n in chosen]) & (folds["fold"] == k)]
         rows.append({"variant": "ensemble selection (nested)", "run": "ensemble selection", "fold": k,
                      "members": " & ".join(chosen), "wall_s": member["wall_s"].sum(), "cpu_s": member["cpu_s"].sum(),
                      "best_epoch": np.nan, "group_ari": np.nan,
-                     **{f"{m}+tta+persons": v for m, v in score(labels, probs).items()}})
+                     **{f"{m}+tta+persons": v for m, v in score(*served[k]).items()},
+                     **{f"{m}+tta+persons+calib": v
+                        for m, v in score(served[k][0], apply_age_bias(served[k][1], bias)).items()}})
     return pd.DataFrame(rows), select_members(pool, list(range(n_folds)), groups)
 
 

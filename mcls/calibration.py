@@ -95,14 +95,16 @@ def fold_number(path: str | Path) -> int:
     return int(Path(path).parent.name.removeprefix("fold"))
 
 
-def calibrate_run(run_dir: str | Path, person_consistent: bool) -> dict | None:
-    """Fits the run's age bias on its folds' validation predictions into <run>/calibration.json; None (and no
+def calibrate_run(run_dir: str | Path, person_consistent: bool, folds: dict | None = None,
+                  about: dict | None = None) -> dict | None:
+    """Fits the run's age bias on its folds' validation predictions (or on `folds`, {fold: (labels, probabilities
+    as served)}, e.g. an ensemble's) into <run>/calibration.json, with `about` added to the record; None (and no
     file) with fewer than two folds."""
-    folds = fold_predictions(run_dir, person_consistent)
+    folds = fold_predictions(run_dir, person_consistent) if folds is None else folds
     if len(folds) < 2:
         return None
     fit = fit_age_bias(list(folds.values()))
-    record = {**summarise(fit), "folds": list(folds), "person_consistent": person_consistent,
+    record = {**summarise(fit), "folds": list(folds), "person_consistent": person_consistent, **(about or {}),
               "in_sample_f1": fit["in_sample_f1"], "nested": fit["nested"]}
     write_json(Path(run_dir) / FILE, record)
     return record

@@ -58,13 +58,12 @@ def fold_probabilities(run: Path) -> dict[int, pd.DataFrame]:
     return {fold_number(p): pd.read_csv(p) for p in sorted(Path(run).glob("fold*/val_predictions.csv"))}
 
 
-def ensemble_scores(runs: list[Path], person_consistent: bool) -> dict:
-    """Out-of-fold scores of the runs' averaged validation probabilities (prefixed ens_), over the folds every
-    run finished; groups for person sharing come from the first run, as in prediction."""
+def ensemble_fold_predictions(runs: list[Path], person_consistent: bool) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{fold: (labels, the runs' validation probabilities averaged)} over the folds every run finished, shared
+    within the first run's blind groups when predicting person-consistently: what prediction serves."""
     tables = [fold_probabilities(r) for r in runs]
-    folds = sorted(set.intersection(*(set(t) for t in tables)))
-    per_fold = {}
-    for k in folds:
+    out = {}
+    for k in sorted(set.intersection(*(set(t) for t in tables))):
         first = tables[0][k]
         probs = []
         for run, t in zip(runs, tables):
@@ -76,12 +75,18 @@ def ensemble_scores(runs: list[Path], person_consistent: bool) -> dict:
         mean = np.mean(probs, axis=0)
         if person_consistent:
             mean = share_within_groups(mean, first["group"].to_numpy())
-        per_fold[k] = score(first["label"].to_numpy(), mean)
-    if not per_fold:
+        out[k] = (first["label"].to_numpy(), mean)
+    return out
+
+
+def ensemble_scores(runs: list[Path], person_consistent: bool) -> dict:
+    """Out-of-fold scores (prefixed ens_) of the runs' averaged validation probabilities."""
+    folds = ensemble_fold_predictions(runs, person_consistent)
+    if not folds:
         return {}
-    df = pd.DataFrame(per_fold.values())
+    df = pd.DataFrame([score(labels, probs) for labels, probs in folds.values()])
     out = {f"ens_{c}": float(df[c].mean()) for c in df.columns}
     out["ens_f1_std"] = float(df["f1"].std(ddof=0))
-    out["ens_folds"] = folds
+    out["ens_folds"] = list(folds)
     out["ens_members"] = [str(r) for r in runs]
     return out

@@ -99,7 +99,8 @@ def _predict(paths, members, tta, device, batch_size, on_bad_image, persons, age
 
 def run_age_bias(runs: list[Path], calibrate: bool | None):
     """For _predict: the run's fitted age bias when calibration is on (None: as the run's calibrate_age says).
-    The bias is fitted for one run's predictions; an ensemble of runs is served without it."""
+    The bias is fitted for how one run is served (a run with members: their average); runs named together are
+    served without it."""
     if len(runs) > 1:
         if calibrate:
             raise ValueError("calibration.json is fitted for one run's predictions; predict an ensemble of runs "
@@ -112,9 +113,10 @@ def run_age_bias(runs: list[Path], calibrate: bool | None):
 
 
 def run_members(runs: list[Path], calibrate: bool | None):
-    """(_predict's members: each run's checkpoints, its age-bias picker), checked before anything is predicted."""
+    """(_predict's members: the checkpoints of each run and of its ensemble members, the age-bias picker), checked
+    before anything is predicted."""
     age_bias_for = run_age_bias(runs, calibrate)
-    return [find_checkpoints(r) for r in runs], age_bias_for
+    return [find_checkpoints(r) for r in with_members(runs)], age_bias_for
 
 
 def check_submission(sub: pd.DataFrame, info: pd.DataFrame, where: str = "submission") -> None:
@@ -143,7 +145,7 @@ def write_submission(data_dir: str | Path, run, out: str | Path | None = None, t
     runs = as_runs(run)
     if len(runs) > 1 and out is None:
         raise ValueError("an ensemble of runs needs an output path (--out): no single run folder owns it")
-    members, age_bias_for = run_members(with_members(runs), calibrate)
+    members, age_bias_for = run_members(runs, calibrate)
     info = load_eval_table(data_dir)
     probs = _predict(info["path"], members, tta, device, None, "error", persons, age_bias_for)[0]
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": probs.argmax(1).astype(int)})
@@ -171,7 +173,7 @@ def predict_folder(folder: str | Path, run, out: str | Path, tta: bool | None = 
                    calibrate: bool | None = None) -> Path:
     """Predicts every image under `folder` into a CSV with one run or several (averaged); unreadable files are
     listed (skip) or stop the run (error)."""
-    members, age_bias_for = run_members(with_members(as_runs(run)), calibrate)
+    members, age_bias_for = run_members(as_runs(run), calibrate)
     paths = list_images(folder)
     probs, bad, cfg = _predict(paths, members, tta, device, None, on_bad_image, persons, age_bias_for)
     keep = np.setdiff1d(np.arange(len(paths)), bad)

@@ -63,11 +63,11 @@ def train(cfg: Config, resume: bool = False) -> dict:
     for k in folds:
         results[k] = fit_fold(cfg, table, images, k, run_dir / f"fold{k}", resume=resume)
     summary = summarise_folds(results)
-    if distributed.is_main() and cfg.calibrate_age:
-        summary.update(calibrate(run_dir, cfg))
     if cfg.members:
         summary.update(train_members(cfg, run_dir))
     if distributed.is_main():
+        if cfg.calibrate_age:
+            summary.update(calibrate(run_dir, cfg))
         write_json(run_dir / "summary.json", summary)
         log_run(cfg, run_dir)
     distributed.barrier()
@@ -106,8 +106,15 @@ def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out_d
 
 
 def calibrate(run_dir, cfg: Config) -> dict:
-    """Fits the age-band bias on every finished fold of the run; its nested scores go into the summary as cal_*."""
-    fit = calibrate_run(run_dir, cfg.person_consistent)
+    """Fits the age-band bias on every finished fold of the run (for a run with members: on their average, which
+    is what its prediction serves); its nested scores go into the summary as cal_*."""
+    folds, about = None, None
+    if cfg.members:
+        from .ensemble import ensemble_fold_predictions, run_with_members
+
+        runs = run_with_members(run_dir)
+        folds, about = ensemble_fold_predictions(runs, cfg.person_consistent), {"runs": [str(r) for r in runs]}
+    fit = calibrate_run(run_dir, cfg.person_consistent, folds, about)
     if fit is None:
         log.info("age calibration skipped: it needs validation predictions of 2 or more folds (fold=-1 trains all)")
         return {}

@@ -1,9 +1,12 @@
 """Ensembles in one run (config key `members`): members train on the run's folds, the run scores their average
 out of fold, and prediction of the run folder averages every member."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import ROOT
 from mcls.config import ConfigError, load_config
 from mcls.ensemble import member_configs, run_with_members
 from mcls.metrics import score
@@ -43,6 +46,10 @@ def test_a_run_with_members_trains_them_on_its_folds_and_predicts_their_average(
         f1.append(score(a["label"], share_within_groups(mean, a["group"].to_numpy()))["f1"])
     assert summary["ens_folds"] == list(range(cfg.n_folds))
     assert summary["ens_f1"] == pytest.approx(np.mean(f1), abs=1e-4)
+    # the run's calibration is fitted on that average, which is what predicting the run serves
+    record = json.loads((run / "calibration.json").read_text())
+    assert record["runs"] == [str(run), str(run / "members" / "small")]
+    assert record["f1_before"] == pytest.approx(summary["ens_f1"]) and summary["cal_f1"] == record["f1_after"]
 
     # prediction of the run folder averages the run's fold models and the member's
     folder = sample_dir / "eval" / "images"
@@ -55,10 +62,10 @@ def test_a_run_with_members_trains_them_on_its_folds_and_predicts_their_average(
     # naming the member again adds nothing twice
     named = predict_folder(folder, [run, run / "members" / "small"], tmp_path / "named.csv", **opts)
     assert np.allclose(pd.read_csv(named)[PROBS].to_numpy(), both[PROBS].to_numpy(), atol=1e-6)
-    # the run folder owns the ensemble's submission; calibration (fitted per model) is refused for it
+    # the run folder owns the ensemble's submission; runs named together have no fitted calibration
     assert write_submission(sample_dir, run) == run / "submission.csv"
     with pytest.raises(ValueError, match="calibration off"):
-        write_submission(sample_dir, run, out=tmp_path / "s.csv", calibrate=True)
+        write_submission(sample_dir, [run, tmp_path / "alone"], out=tmp_path / "s.csv", calibrate=True)
 
 
 def test_members_may_not_change_the_folds_or_repeat_a_name(tiny_cfg, tmp_path):
@@ -84,12 +91,24 @@ def test_a_run_whose_members_are_unfinished_says_so(tiny_cfg, tmp_path):
         run_with_members(tmp_path / "run")
 
 
-def test_the_quality_preset_is_the_default_plus_diverse_members(tmp_path):
-    cfg = load_config("quality", [f"run_dir={tmp_path / 'q'}"])
-    members = dict(member_configs(cfg))
-    assert list(members) == ["member-plain", "member-vcutmix", "member-agedist"]
-    assert cfg.img_size == 160 and not cfg.calibrate_age
-    for name, member in members.items():
-        assert member.img_size == 128 and member.ema_decay == 0.0 and member.wear_per_person == 5
-        assert member.run_dir == str(tmp_path / "q" / "members" / name) and member.seed == cfg.seed
-    assert members["member-vcutmix"].mix == "vcutmix" and members["member-agedist"].age_head == "dist"
+# member preset -> the bench/quality.py variant it is (trained on the same folds with the same keys)
+BENCHMARKED = {"member-plain": "plain", "member-vcutmix": "vcutmix", "member-agedist": "age-dist",
+               "member-seed7": "default+seed7", "member-mobilenetv2": "mobilenetv2", "member-wear2": "wear2"}
+
+
+def test_member_presets_are_the_variants_the_benchmark_measured(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import quality
+
+    from mcls.config import PRESETS
+
+    assert {p.stem for p in PRESETS.glob("member-*.yaml")} == set(BENCHMARKED)
+    cfg = load_config(None, [f"run_dir={tmp_path / 'q'}"])
+    for name, member in member_configs(cfg.updated({"members": list(BENCHMARKED)})):
+        measured = quality.variant_config(BENCHMARKED[name], cfg.data_dir, tmp_path)
+        assert quality.config_hash(member) == quality.config_hash(measured), name
+    quality_cfg = load_config("quality")
+    assert quality_cfg.members and set(quality_cfg.members) <= set(BENCHMARKED)
+    assert all(m.seed == quality_cfg.seed for _, m in member_configs(quality_cfg))

@@ -64,10 +64,13 @@ def test_05_submission_averages_the_runs_ensemble_members(tiny_cfg, tmp_path):
     member.write_text("img_size: 40\n")
     train(tiny_cfg.updated({"members": [str(member)], "calibrate_age": True, "fold": -1}))
     run = Path(tiny_cfg.run_dir)
-    execute("05_submission", run)  # calibrate_age on: served without it, as an ensemble is
+    execute("05_submission", run)
     m = metrics(run, "05_submission")
     assert m["runs"] == [str(run.resolve()), str((run / "members" / "small").resolve())]
-    assert len(m["checkpoints"]) == 8 and m["age_log_bias"] is None and m["rows"] == 21
+    assert len(m["checkpoints"]) == 8 and m["rows"] == 21
+    # the calibration applied is the one fitted on the run and its member averaged
+    record = json.loads((run / "calibration.json").read_text())
+    assert m["age_log_bias"] == record["age_log_bias"] and len(record["runs"]) == 2
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
