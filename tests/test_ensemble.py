@@ -96,12 +96,17 @@ BENCHMARKED = {"member-plain": "plain", "member-vcutmix": "vcutmix", "member-age
                "member-seed7": "default+seed7", "member-mobilenetv2": "mobilenetv2", "member-wear2": "wear2"}
 
 
-def test_member_presets_are_the_variants_the_benchmark_measured(tmp_path):
+@pytest.fixture
+def quality():
+    """bench/quality.py, the benchmark whose variants and selection the presets come from."""
+    import importlib
     import sys
 
     sys.path.insert(0, str(ROOT / "bench"))
-    import quality
+    return importlib.import_module("quality")
 
+
+def test_member_presets_are_the_variants_the_benchmark_measured(quality, tmp_path):
     from mcls.config import PRESETS
 
     assert {p.stem for p in PRESETS.glob("member-*.yaml")} == set(BENCHMARKED)
@@ -112,3 +117,19 @@ def test_member_presets_are_the_variants_the_benchmark_measured(tmp_path):
     quality_cfg = load_config("quality")
     assert quality_cfg.members and set(quality_cfg.members) <= set(BENCHMARKED)
     assert all(m.seed == quality_cfg.seed for _, m in member_configs(quality_cfg))
+
+
+def test_ensemble_selection_adds_a_helpful_model_and_stops_before_a_harmful_one(quality):
+    rng = np.random.default_rng(0)
+
+    def model(labels, wrong, confidence):
+        answer = np.where(rng.random(len(labels)) < wrong, rng.integers(0, 18, len(labels)), labels)
+        probs = np.full((len(labels), 18), (1 - confidence) / 17)
+        probs[np.arange(len(labels)), answer] = confidence
+        return probs
+
+    labels = {k: rng.integers(0, 18, 400) for k in (0, 1)}
+    pool = {name: {k: (labels[k], model(labels[k], wrong, conf)) for k in labels}
+            for name, wrong, conf in (("default", 0.4, 0.6), ("good", 0.1, 0.9), ("noise", 1.0, 0.95))}
+    groups = {k: np.arange(400) for k in labels}  # every image its own person: sharing changes nothing
+    assert quality.select_members(pool, [0, 1], groups) == ["default", "good"]
