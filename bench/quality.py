@@ -86,6 +86,7 @@ VARIANTS = {
     "wear2-160px": dict(wear_per_person=2, img_size=160),
     "ema-wear2-160px": dict(ema_decay=0.995, wear_per_person=2, img_size=160),
     "age-weight2": dict(loss_weights=[1.0, 1.0, 2.0]),
+    "age-dist-wear2": dict(age_head="dist", wear_per_person=2),  # a cheap exact-age member beside wear2
     "pseudo-val": dict(pseudo_label="validation", pseudo_run="@plain", pseudo_threshold=0.9),
     "default": None,  # the package's Config() defaults, whatever they are now
 }
@@ -107,7 +108,8 @@ ENSEMBLES = {"default & plain": ("default", "plain"),
              "default & plain & vcutmix & age-dist & mobilenetv2": ("default", "plain", "vcutmix", "age-dist",
                                                                     "mobilenetv2"),
              # two cheaper models whose training together costs about the default's: an ensemble within the budget
-             "mobilenetv2 & wear2": ("mobilenetv2", "wear2")}
+             "mobilenetv2 & wear2": ("mobilenetv2", "wear2"),
+             "wear2 & age-dist-wear2": ("wear2", "age-dist-wear2")}  # the other within-budget pair
 
 # Ensemble selection for a run with members: the default model, then greedy forward selection of members (one
 # variant at a time, while the mean macro F1 rises), nested: each fold's members are chosen on the other folds only,
@@ -122,6 +124,7 @@ RECIPE = [("plain,default", "all"),
           ("default+seed7", "all"),
           ("vcutmix,age-dist,mobilenetv2", "all"),  # members of the quality preset's ensemble (and a candidate)
           ("wear2", "all"),  # with mobilenetv2: the within-budget ensemble
+          ("age-dist-wear2", "all"),  # with wear2: another within-budget pair
           ("old58", "0,1"),
           ("ema,wear2-160px,age-both,balanced,robust-aug,default+lite1", "0")]  # ema-wear2-160px is the default
 
