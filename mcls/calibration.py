@@ -74,19 +74,30 @@ def summarise(fit: dict) -> dict:
     return out
 
 
-def fold_predictions(run_dir: str | Path, person_consistent: bool) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """{fold: (labels, probs as served)} from each fold's val_predictions.csv, shared within the blind groups
-    when the run predicts person-consistently."""
+def fold_predictions(runs, person_consistent: bool) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{fold: (labels, probs as served)} from each fold's val_predictions.csv of a run, or of several runs on the
+    same folds averaged (a run and its ensemble members), over the folds every run finished; shared within the
+    first run's blind groups when the run predicts person-consistently."""
+    runs = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
+    tables = [{fold_number(p): (p, pd.read_csv(p)) for p in sorted(r.glob("fold*/val_predictions.csv"))} for r in runs]
     out = {}
-    for path in sorted(Path(run_dir).glob("fold*/val_predictions.csv")):
-        df = pd.read_csv(path)
-        probs = df[PROB_COLUMNS].to_numpy(np.float32)
+    for k in sorted(set.intersection(*(set(t) for t in tables))):
+        path, first = tables[0][k]
+        probs = []
+        for t in tables:
+            other_path, other = t[k]
+            other = other.set_index("path").reindex(first["path"])
+            if other[PROB_COLUMNS].isna().any().any():
+                raise ValueError(f"{other_path}: validation images differ from {path}; members must share data and "
+                                 "folds")
+            probs.append(other[PROB_COLUMNS].to_numpy(np.float32))
+        mean = np.mean(probs, axis=0)
         if person_consistent:
-            if "group" not in df:
+            if "group" not in first:
                 raise ValueError(f"{path}: no 'group' column (written before person groups were saved); "
                                  "re-run the fold, or calibrate with person_consistent=false")
-            probs = share_within_groups(probs, df["group"].to_numpy())
-        out[fold_number(path)] = (df["label"].to_numpy(), probs)
+            mean = share_within_groups(mean, first["group"].to_numpy())
+        out[k] = (first["label"].to_numpy(), mean)
     return out
 
 
@@ -95,16 +106,17 @@ def fold_number(path: str | Path) -> int:
     return int(Path(path).parent.name.removeprefix("fold"))
 
 
-def calibrate_run(run_dir: str | Path, person_consistent: bool, folds: dict | None = None,
-                  about: dict | None = None) -> dict | None:
-    """Fits the run's age bias on its folds' validation predictions (or on `folds`, {fold: (labels, probabilities
-    as served)}, e.g. an ensemble's) into <run>/calibration.json, with `about` added to the record; None (and no
-    file) with fewer than two folds."""
-    folds = fold_predictions(run_dir, person_consistent) if folds is None else folds
+def calibrate_run(run_dir: str | Path, person_consistent: bool, runs: list | None = None) -> dict | None:
+    """Fits the run's age bias on its folds' validation predictions (with `runs`, the run and its ensemble members:
+    on their average, which is what the run serves) into <run>/calibration.json; None (and no file) with fewer
+    than two folds."""
+    runs = [run_dir] if runs is None else runs
+    folds = fold_predictions(runs, person_consistent)
     if len(folds) < 2:
         return None
     fit = fit_age_bias(list(folds.values()))
-    record = {**summarise(fit), "folds": list(folds), "person_consistent": person_consistent, **(about or {}),
+    about = {"runs": [str(r) for r in runs]} if len(runs) > 1 else {}
+    record = {**summarise(fit), "folds": list(folds), "person_consistent": person_consistent, **about,
               "in_sample_f1": fit["in_sample_f1"], "nested": fit["nested"]}
     write_json(Path(run_dir) / FILE, record)
     return record

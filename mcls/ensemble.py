@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from .calibration import fold_number
+from .calibration import fold_predictions
 from .config import Config, ConfigError, read_yaml_keys
-from .labels import PROB_COLUMNS
 from .metrics import score
-from .persons import share_within_groups
 
 MEMBERS_DIR = "members"
 # Keys that decide the folds, the labels or the run layout: a member inherits them from the run.
@@ -53,35 +50,9 @@ def run_with_members(run: str | Path) -> list[Path]:
     return [run] + [run / MEMBERS_DIR / n for n in names]
 
 
-def fold_probabilities(run: Path) -> dict[int, pd.DataFrame]:
-    """{fold: its val_predictions.csv}."""
-    return {fold_number(p): pd.read_csv(p) for p in sorted(Path(run).glob("fold*/val_predictions.csv"))}
-
-
-def ensemble_fold_predictions(runs: list[Path], person_consistent: bool) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """{fold: (labels, the runs' validation probabilities averaged)} over the folds every run finished, shared
-    within the first run's blind groups when predicting person-consistently: what prediction serves."""
-    tables = [fold_probabilities(r) for r in runs]
-    out = {}
-    for k in sorted(set.intersection(*(set(t) for t in tables))):
-        first = tables[0][k]
-        probs = []
-        for run, t in zip(runs, tables):
-            other = t[k].set_index("path").reindex(first["path"])
-            if other[PROB_COLUMNS].isna().any().any():
-                raise ValueError(f"{run}/fold{k}: validation images differ from {runs[0]}/fold{k}; "
-                                 "members must share data and folds")
-            probs.append(other[PROB_COLUMNS].to_numpy(np.float32))
-        mean = np.mean(probs, axis=0)
-        if person_consistent:
-            mean = share_within_groups(mean, first["group"].to_numpy())
-        out[k] = (first["label"].to_numpy(), mean)
-    return out
-
-
 def ensemble_scores(runs: list[Path], person_consistent: bool) -> dict:
     """Out-of-fold scores (prefixed ens_) of the runs' averaged validation probabilities."""
-    folds = ensemble_fold_predictions(runs, person_consistent)
+    folds = fold_predictions(runs, person_consistent)
     if not folds:
         return {}
     df = pd.DataFrame([score(labels, probs) for labels, probs in folds.values()])

@@ -108,13 +108,9 @@ def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out_d
 def calibrate(run_dir, cfg: Config) -> dict:
     """Fits the age-band bias on every finished fold of the run (for a run with members: on their average, which
     is what its prediction serves); its nested scores go into the summary as cal_*."""
-    folds, about = None, None
-    if cfg.members:
-        from .ensemble import ensemble_fold_predictions, run_with_members
+    from .ensemble import run_with_members
 
-        runs = run_with_members(run_dir)
-        folds, about = ensemble_fold_predictions(runs, cfg.person_consistent), {"runs": [str(r) for r in runs]}
-    fit = calibrate_run(run_dir, cfg.person_consistent, folds, about)
+    fit = calibrate_run(run_dir, cfg.person_consistent, run_with_members(run_dir))
     if fit is None:
         log.info("age calibration skipped: it needs validation predictions of 2 or more folds (fold=-1 trains all)")
         return {}
