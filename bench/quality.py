@@ -306,9 +306,9 @@ def run_variant(name: str, folds: list[int], args, data: DataCache) -> None:
               f"{res['f1+tta+persons']:.4f}  ({res['wall_s'] / 60:.1f} min)", flush=True)
 
 
-def collect(runs: Path, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every finished fold under runs/ (whatever command produced it), with the variant named by its folder, and
-    the ENSEMBLES' folds."""
+def collect(runs: Path, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Every finished fold under runs/ (whatever command produced it), with the variant named by its folder, the
+    ENSEMBLES' and the nested selection's folds; the robustness rows; the selection's choice on all folds."""
     folds, robust = [], []
     for done in sorted(runs.glob("*/fold*/bench.json")):
         name = done.parent.parent.name.rsplit("-", 1)[0]
@@ -316,12 +316,12 @@ def collect(runs: Path, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         rob = done.parent / "robustness.csv"
         if rob.exists():
             robust.append(pd.read_csv(rob).assign(variant=name))
-    folds = pd.DataFrame(folds)
+    folds, shipped = pd.DataFrame(folds), []
     if not folds.empty:
         folds = folds.merge(calibrated_scores(runs), on=["run", "fold"], how="left")
-        selected, _ = selection_folds(runs, data_dir, folds)
+        selected, shipped = selection_folds(runs, data_dir, folds)
         folds = pd.concat([folds, ensemble_folds(runs, data_dir, folds), selected], ignore_index=True)
-    return folds, (pd.concat(robust) if robust else pd.DataFrame())
+    return folds, (pd.concat(robust) if robust else pd.DataFrame()), shipped
 
 
 def calibrated_scores(runs: Path) -> pd.DataFrame:
@@ -440,7 +440,7 @@ def age_by_edge_distance(run: Path, data_dir: str, bounds=(30, 60)) -> pd.DataFr
 
 
 def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir: str) -> None:
-    folds, robust = collect(runs, data_dir)
+    folds, robust, shipped = collect(runs, data_dir)
     if folds.empty:
         return
     # the rows of the config Config() trains now, whichever variant name first trained it
@@ -468,7 +468,6 @@ def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir
         text += "\n## Mask head under shifts (fold 0): accuracy over all mask states\n\n" + wide.round(3).to_markdown() + "\n"
     chosen = folds.loc[folds["variant"] == "ensemble selection (nested)", ["fold", "members"]]
     if not chosen.empty:
-        shipped = selection_folds(runs, data_dir, folds)[1]
         text += ("\n## Ensemble selection\n\nGreedy forward selection from " + ", ".join(SELECTION_POOL)
                  + f" (at most {SELECTION_MAX}; +tta +persons). Members chosen on the other folds, per held-out fold "
                  "(the row `ensemble selection (nested)` scores these):\n\n" + chosen.to_markdown(index=False)
