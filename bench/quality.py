@@ -96,6 +96,7 @@ ON_DEFAULT = {
     "default+pseudo-val": dict(pseudo_label="validation", pseudo_run="@default", pseudo_threshold=0.9),
     "default+lite1": dict(backbone="tf_efficientnet_lite1"),
     "default+seed7": dict(train_seed=7),  # the default again on the same folds: seed noise, and a seed ensemble
+    "default+age-dist": dict(age_head="dist"),  # the exact-age head helped the plain and wear2 recipes: on the default?
 }
 
 # Averages of variants' validation probabilities (every variant splits its folds with seed 42, so fold k is the same
@@ -125,6 +126,7 @@ RECIPE = [("plain,default", "all"),
           ("vcutmix,age-dist,mobilenetv2", "all"),  # members of the quality preset's ensemble (and a candidate)
           ("wear2", "all"),  # with mobilenetv2: the within-budget ensemble
           ("age-dist-wear2", "all"),  # with wear2: another within-budget pair
+          ("default+age-dist", "all"),  # a candidate default within the budget
           ("old58", "0,1"),
           ("ema,wear2-160px,age-both,balanced,robust-aug,default+lite1", "0")]  # ema-wear2-160px is the default
 
