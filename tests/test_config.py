@@ -55,3 +55,15 @@ def test_presets_load_by_name_and_unknown_names_list_them():
     assert cfg.backbone == "tf_efficientnet_lite2" and cfg.epochs == 2
     with pytest.raises(ConfigError, match="presets: .*quality"):
         load_config("qualty")
+
+
+def test_notebook_config_takes_unset_parameters_from_the_file(tmp_path, capsys):
+    from mcls.config import notebook_config
+
+    # the large preset sets img_size and epochs: a notebook leaving them at None must not undo them
+    cfg = notebook_config("large", dict(img_size=None, epochs=3, lr=None, run_dir="runs/x"))
+    assert cfg.img_size == 224 and cfg.epochs == 3 and cfg.lr == Config().lr and cfg.run_dir == "runs/x"
+    shown = capsys.readouterr().out
+    assert "img_size = 224  (config_file)" in shown and "epochs = 3  (notebook)" in shown
+    assert f"lr = {Config().lr!r}  (default)" in shown
+    assert notebook_config("", dict(img_size=None)).img_size == Config().img_size
