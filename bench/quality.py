@@ -126,9 +126,12 @@ RECIPE = [("plain,default", "all"),
           ("vcutmix,age-dist,mobilenetv2", "all"),  # members of the quality preset's ensemble (and a candidate)
           ("wear2", "all"),  # with mobilenetv2: the within-budget ensemble
           ("age-dist-wear2", "all"),  # with wear2: another within-budget pair
-          ("default+age-dist", "all"),  # a candidate default within the budget
           ("old58", "0,1"),
-          ("ema,wear2-160px,age-both,balanced,robust-aug,default+lite1", "0")]  # ema-wear2-160px is the default
+          ("ema,wear2-160px,age-both,balanced,robust-aug,default+lite1", "0"),  # ema-wear2-160px is the default
+          ("default+age-dist", "0"),  # a candidate default; stopped after fold 0 (below the default there)
+          # the remaining switches, one fold each: losses, heads, weights, mixing, augmentation, edges, size
+          ("focal,label-smoothing,weighted-ce,f1-loss,single-head,scratch,cutmix,mixup,age-weight2,old59,strong-aug,"
+           "160px,lite2", "0")]
 
 
 def variant_config(name: str, data_dir: str, runs: Path) -> Config:
