@@ -230,8 +230,8 @@ def notebook_config(config_file: str | Path | None, params: dict[str, Any]) -> C
     """A notebook's config. A parameter left at None is not set by the notebook: it takes config_file's value for
     that key, else the package default, so a preset such as "large" is not undone by values the notebook merely
     repeats. A parameter given a value beats the file. Prints each parameter's value and where it came from."""
-    cfg = load_config(config_file or None, {k: v for k, v in params.items() if v is not None})
-    from_file = set(read_yaml_keys(config_file)[1]) if config_file else set()
+    path, from_file = read_yaml_keys(config_file) if config_file else ("defaults", {})
+    cfg = Config.from_dict(from_file, source=str(path)).updated({k: v for k, v in params.items() if v is not None})
     for key, value in params.items():
         source = "notebook" if value is not None else "config_file" if key in from_file else "default"
         print(f"{key} = {getattr(cfg, key)!r}  ({source})")

@@ -80,11 +80,10 @@ def test_committed_notebooks_are_clean(path):
     assert not any(c.get("outputs") or c.get("execution_count") for c in code), f"{path.name} carries outputs"
     first = code[0]
     assert "parameters" in first.metadata.get("tags", []), f"{path.name}: first code cell is not tagged parameters"
-    names = [line.split("=")[0].strip() for line in first.source.splitlines() if "=" in line and line[0] != "#"]
-    assert set(names) - {"config_file"} <= set(Config.field_names()), "parameter names must be Config fields"
-    # defaults live in mcls.config only: a value repeated here would silently beat a config_file's (e.g. a preset)
     values = {line.split("=")[0].strip(): line.split("=", 1)[1].split("#")[0].strip()
               for line in first.source.splitlines() if "=" in line and line[0] != "#"}
+    assert set(values) - {"config_file"} <= set(Config.field_names()), "parameter names must be Config fields"
+    # defaults live in mcls.config only: a value repeated here would silently beat a config_file's (e.g. a preset)
     assert all(v == "None" for k, v in values.items() if k not in ("run_dir", "config_file")), values
     assert "notebook_config(config_file" in code[1].source
 
