@@ -27,9 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mcls.data import load_eval_table, load_train_table  # noqa: E402
-from mcls.faces import DETECTOR, CropSettings, crop_paths, detection_rate  # noqa: E402
-from mcls.labels import MASK_STATES  # noqa: E402
+from mcls.data.faces import DETECTOR, CropSettings, crop_paths, detection_rate
+from mcls.data.table import load_eval_table, load_train_table
+from mcls.labels import MASK_STATES
 
 
 def timed(paths, settings) -> tuple[pd.DataFrame, float]:

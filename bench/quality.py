@@ -40,18 +40,20 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import ActiveClock, machine  # noqa: E402
 
-from mcls.config import Config  # noqa: E402
-from mcls.dataset import ImageArrayDataset  # noqa: E402
-from mcls.engine import Runtime, load_checkpoint, predict_dataset  # noqa: E402
-from mcls.io import atomic_path, write_json  # noqa: E402
-from mcls.data import read_persons  # noqa: E402
-from mcls.labels import PROB_COLUMNS, decode  # noqa: E402
-from mcls.models import head_probs  # noqa: E402
-from mcls.metrics import macro_f1, score  # noqa: E402
-from mcls.calibration import apply_age_bias, fit_age_bias, fold_number  # noqa: E402
-from mcls.persons import consistency_scores, face_embeddings, group_images, share_within_groups  # noqa: E402
-from mcls.robustness import mask_robustness  # noqa: E402
-from mcls.train import fit_fold, load_training_data  # noqa: E402
+from mcls.analysis.robustness import mask_robustness
+from mcls.config import Config
+from mcls.data.dataset import ImageArrayDataset
+from mcls.data.table import read_persons
+from mcls.infer.calibration import apply_age_bias, fit_age_bias, fold_number
+from mcls.infer.persons import consistency_scores, face_embeddings, group_images, share_within_groups
+from mcls.infer.predictor import predict_dataset
+from mcls.io import atomic_path, write_json
+from mcls.labels import PROB_COLUMNS, decode
+from mcls.metrics import macro_f1, score
+from mcls.model.checkpoint import load_checkpoint
+from mcls.model.classifier import head_probs
+from mcls.runtime.device import Runtime
+from mcls.train.run import fit_fold, load_training_data
 
 # The plain fine-tune: packaged ImageNet weights, 128 px, three CE heads, AdamW + cosine, light aug.
 # Every training key the defaults may move is pinned, so a variant differs from PLAIN by its own overrides only.

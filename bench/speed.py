@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,15 +30,18 @@ sys.path.insert(0, str(ROOT / "bench"))
 from baseline_loader import BaselineDataset  # noqa: E402
 from common import machine  # noqa: E402
 
-from mcls.config import Config  # noqa: E402
-from mcls.data import load_train_table  # noqa: E402
-from mcls.dataset import ImageArrayDataset, epoch_order, make_loader, targets_of  # noqa: E402
-from mcls.distributed import GlobalBatchSampler  # noqa: E402
-from mcls.faces import CropSettings, crop_paths  # noqa: E402
-from mcls.engine import Runtime, TaskLoss, predict_dataset, train_one_epoch  # noqa: E402
-from mcls.images import load_images  # noqa: E402
-from mcls.models import create_model  # noqa: E402
-from mcls.transforms import create_train_transform  # noqa: E402
+from mcls.config import Config
+from mcls.data.dataset import ImageArrayDataset, epoch_order, make_loader, targets_of
+from mcls.data.faces import CropSettings, crop_paths
+from mcls.data.images import load_images
+from mcls.data.table import load_train_table
+from mcls.infer.predictor import predict_dataset
+from mcls.model.classifier import create_model
+from mcls.runtime.device import Runtime
+from mcls.runtime.distributed import GlobalBatchSampler
+from mcls.train.augment import create_train_transform
+from mcls.train.fit import train_one_epoch
+from mcls.train.losses import TaskLoss
 
 
 class Limited:

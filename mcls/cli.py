@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
-from .data import DataError
+from mcls.config import ConfigError, load_config
+from mcls.data.table import DataError
 
 
 def _config(args):
@@ -17,9 +17,8 @@ def _config(args):
 
 
 def cmd_train(args) -> None:
-    from .train import train
-
-    from . import distributed
+    from mcls.runtime import distributed
+    from mcls.train.run import train
 
     summary = train(_config(args), resume=args.resume)
     if distributed.is_main():
@@ -29,7 +28,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .predict import predict_folder, write_submission
+    from mcls.infer.submission import predict_folder, write_submission
 
     cfg = _config(args)
     tta = None if args.tta is None else args.tta == "on"
@@ -47,7 +46,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from .train import calibrate
+    from mcls.train.run import calibrate
 
     # the run's own config (its person_consistent decides how predictions are shared), plus any overrides
     cfg = load_config(Path(args.run) / "config.yaml", args.overrides)
@@ -58,8 +57,8 @@ def cmd_calibrate(args) -> None:
 
 
 def cmd_folds(args) -> None:
-    from .data import load_train_table
-    from .folds import assign_folds, fold_summary
+    from mcls.data.folds import assign_folds, fold_summary
+    from mcls.data.table import load_train_table
 
     cfg = _config(args)
     table = load_train_table(cfg.data_dir, cfg.age_bounds, cfg.train_old_age, cfg.relabel_file or None)
@@ -68,8 +67,8 @@ def cmd_folds(args) -> None:
 
 def cmd_check(args) -> None:
     """Validates the data folder (every problem listed) and prints what was found."""
-    from .data import load_eval_table, load_train_table
-    from .images import load_images
+    from mcls.data.images import load_images
+    from mcls.data.table import load_eval_table, load_train_table
 
     cfg = _config(args)
     table = load_train_table(cfg.data_dir, cfg.age_bounds, cfg.train_old_age, cfg.relabel_file or None)
@@ -82,7 +81,7 @@ def cmd_check(args) -> None:
 
 
 def cmd_runs(args) -> None:
-    from .runs import list_runs
+    from mcls.runs.records import list_runs
 
     df = list_runs(args.runs_dir)
     print(df.to_string(index=False) if len(df) else f"no runs in {args.runs_dir}")
@@ -90,8 +89,8 @@ def cmd_runs(args) -> None:
 
 def cmd_demo(args) -> None:
     """Trains briefly on the shipped sample, predicts its eval images, and says where everything is."""
-    from .predict import write_submission
-    from .train import train
+    from mcls.infer.submission import write_submission
+    from mcls.train.run import train
 
     defaults = ["data_dir=data/sample", "run_dir=runs/demo", "epochs=2", "img_size=96", "n_folds=4"]
     cfg = load_config(args.config, defaults + args.overrides)
@@ -105,7 +104,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_pipeline(args) -> None:
-    from .pipeline import NOTEBOOKS, PipelineError, pipeline_run_dir, run_pipeline
+    from mcls.pipeline import NOTEBOOKS, PipelineError, pipeline_run_dir, run_pipeline
 
     cfg = _config(args)
     notebooks = args.only.split(",") if args.only else NOTEBOOKS
@@ -122,8 +121,8 @@ def cmd_pipeline(args) -> None:
 
 def cmd_cam(args) -> None:
     """CAM grids (PNG) and face-energy figures (cam_energy.json) for a trained run, written into the run folder."""
-    from .cam import inspect_run
-    from .config import Config
+    from mcls.analysis.cam import inspect_run
+    from mcls.config import Config
 
     cfg = _config(args)
     # data_dir only re-roots image paths when given: by default the run's own val_predictions paths are used
@@ -138,9 +137,9 @@ def cmd_crop(args) -> None:
     """Detects faces (cached) in data_dir's train and eval images or in --folder; writes the per-image report."""
     import pandas as pd
 
-    from .data import list_images, load_eval_table, load_train_table
-    from .faces import CropSettings, crop_paths, detection_rate
-    from .io import write_csv
+    from mcls.data.faces import CropSettings, crop_paths, detection_rate
+    from mcls.data.table import list_images, load_eval_table, load_train_table
+    from mcls.io import write_csv
 
     cfg = _config(args)
     settings = CropSettings.from_config(cfg.updated({"crop": "mtcnn"}))
@@ -165,7 +164,7 @@ def cmd_relabel(args) -> None:
     """Writes the suspect queue (and the OOF probabilities behind it), or appends reviewed decisions."""
     import pandas as pd
 
-    from .relabel import apply_decisions, run_finder
+    from mcls.analysis.relabel import apply_decisions, run_finder
 
     cfg = _config(args)
     if args.apply:

@@ -10,7 +10,6 @@ from typing import Any
 
 import yaml
 
-
 PRESETS = Path(__file__).parent / "presets"
 
 

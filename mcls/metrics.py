@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from .labels import NUM_CLASSES, decode
+from mcls.labels import NUM_CLASSES, decode
 
 
 def score(labels, probs) -> dict[str, float]:

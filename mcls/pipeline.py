@@ -6,8 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import Config
-from .io import write_json, write_text
+from mcls.config import Config
+from mcls.io import write_json, write_text
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = ("00_eda", "01_relabel", "02_face_crop", "03_train", "04_gradcam", "05_submission")

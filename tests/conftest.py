@@ -42,7 +42,7 @@ def tiny_cfg(tmp_path, sample_dir):
 def trained_run(tmp_path_factory) -> Path:
     """One tiny trained run (fold 0 of 4) shared by the tests that only read it or add their own outputs."""
     from mcls.config import Config
-    from mcls.train import train
+    from mcls.train.run import train
 
     run = tmp_path_factory.mktemp("shared") / "run"
     train(Config(data_dir=str(SAMPLE), run_dir=str(run), **TINY))

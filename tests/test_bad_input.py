@@ -6,17 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 
 from mcls.config import Config
-from mcls.data import load_train_table
-from mcls.engine import load_checkpoint
-from mcls.images import BadImageError, decode_image, load_images
+from mcls.data.images import BadImageError, decode_image, load_images
+from mcls.data.table import load_train_table
 from mcls.io import atomic_path, write_text
-from mcls.models import create_model
-from mcls.train import train
-
-from conftest import TINY
+from mcls.model.checkpoint import load_checkpoint
+from mcls.model.classifier import create_model
+from mcls.train.run import train
 
 
 def _save(path, img, **kw):

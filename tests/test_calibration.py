@@ -6,14 +6,14 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT, SAMPLE, TINY
-from mcls.calibration import FILE, apply_age_bias, fit_age_bias, load_age_bias
+
 from mcls.config import Config
+from mcls.infer.calibration import FILE, apply_age_bias, fit_age_bias, load_age_bias
+from mcls.infer.submission import write_submission
 from mcls.labels import encode
 from mcls.metrics import macro_f1, score
-from mcls.models import head_probs
-from mcls.predict import write_submission
+from mcls.model.classifier import head_probs
 
 
 def shy_of_old_age(n, seed, shrink=np.exp(-1.2)):
@@ -74,7 +74,7 @@ def test_one_fold_is_not_enough_to_calibrate():
 
 @pytest.fixture(scope="module")
 def two_fold_run(tmp_path_factory):
-    from mcls.train import train
+    from mcls.train.run import train
 
     run = tmp_path_factory.mktemp("cal") / "run"
     summary = train(Config(data_dir=str(SAMPLE), run_dir=str(run), **{**TINY, "n_folds": 2}, fold=-1))

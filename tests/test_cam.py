@@ -6,9 +6,19 @@ import pytest
 import timm
 import torch
 
-from mcls.cam import (METHODS, HeadView, cam_maps, central_box, energy_share, get_method, inspect_run, lower_half,
-                      overlay, regions)
-from mcls.models import MaskClassifier
+from mcls.analysis.cam import (
+    METHODS,
+    HeadView,
+    cam_maps,
+    central_box,
+    energy_share,
+    get_method,
+    inspect_run,
+    lower_half,
+    overlay,
+    regions,
+)
+from mcls.model.classifier import MaskClassifier
 
 
 def tiny_model(backbone: str, heads: str = "multi", **kwargs) -> MaskClassifier:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mcls.data import DataError, load_eval_table, load_train_table
+from mcls.data.table import DataError, load_eval_table, load_train_table
 
 
 def test_sample_table(sample_dir):

@@ -8,7 +8,6 @@ import time
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, TINY
 
 # BatchNorm sees 8 images per process instead of 16 (SyncBatchNorm needs CUDA), so the two runs are close,

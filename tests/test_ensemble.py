@@ -5,14 +5,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT
+
 from mcls.config import ConfigError, load_config
-from mcls.ensemble import member_configs, run_with_members
+from mcls.infer.persons import share_within_groups
+from mcls.infer.predictor import find_checkpoints, predict_paths
+from mcls.infer.submission import predict_folder, write_submission
 from mcls.metrics import score
-from mcls.persons import share_within_groups
-from mcls.predict import find_checkpoints, predict_folder, predict_paths, write_submission
-from mcls.train import train
+from mcls.runs.layout import run_with_members
+from mcls.train.members import member_configs
+from mcls.train.run import train
 
 PROBS = [f"p{k}" for k in range(18)]
 

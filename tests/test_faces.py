@@ -8,14 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 
-from mcls import faces
 from mcls.config import Config, ConfigError
-from mcls.faces import CropSettings, crop_paths, detection_rate
-from mcls.images import load_images, load_resized
-
-from conftest import ROOT
+from mcls.data import faces
+from mcls.data.faces import CropSettings, crop_paths, detection_rate
+from mcls.data.images import load_images, load_resized
 
 FACES = ["000045_male_Indian_52/normal.jpg", "000120_female_White_18/mask1.jpeg", "000065_female_Indian_59/normal.jpg"]
 OFFSET = (150, 60)  # where the 200 px face photo sits on a 400 x 400 gray canvas
@@ -95,10 +94,10 @@ def test_second_run_is_served_from_the_cache(canvases, tmp_path, count_detection
 
 
 def test_training_and_prediction_see_the_same_crop(canvases, tmp_path):
-    from mcls.engine import Runtime, predict_probs
-    from mcls.dataset import ImageArrayDataset, make_loader
-    from mcls.models import create_model
-    from mcls.predict import predict_paths
+    from mcls.data.dataset import ImageArrayDataset, make_loader
+    from mcls.infer.predictor import predict_paths, predict_probs
+    from mcls.model.classifier import create_model
+    from mcls.runtime.device import Runtime
 
     paths, _, _ = canvases
     cfg = Config(crop="mtcnn", crop_cache=str(tmp_path), img_size=48, backbone="test_efficientnet",

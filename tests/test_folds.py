@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from mcls.data import load_train_table
-from mcls.folds import assign_folds, split
+from mcls.data.folds import assign_folds, split
+from mcls.data.table import load_train_table
 
 UTK = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkmask"
 

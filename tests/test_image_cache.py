@@ -4,9 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from mcls import image_cache
-from mcls.data import load_train_table
-from mcls.images import BadImageError
+from mcls.data import cache as image_cache
+from mcls.data.images import BadImageError
+from mcls.data.table import load_train_table
 
 
 def _paths(root, n=14):
@@ -27,7 +27,7 @@ def test_second_load_reads_the_same_pixels_from_a_memory_map(sample_dir, tmp_pat
 
 
 def test_a_changed_size_file_or_crop_builds_a_new_array(sample_copy, tmp_path):
-    from mcls.faces import CropSettings
+    from mcls.data.faces import CropSettings
 
     paths = _paths(sample_copy)
     keys = {image_cache.cache_key(paths, 48, None)}

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mcls.losses import LOSSES, F1Loss, FocalLoss, create_loss, inverse_frequency_weights
+from mcls.train.losses import LOSSES, F1Loss, FocalLoss, create_loss, inverse_frequency_weights
 
 
 @pytest.mark.parametrize("name", LOSSES)

@@ -4,8 +4,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from mcls.models import class_log_probs, create_model, head_probs
-from mcls.weights import REGISTRY, load_offline_weights
+from mcls.model.classifier import class_log_probs, create_model, head_probs
+from mcls.model.weights import REGISTRY, load_offline_weights
 
 CAT_CLASSES = {281, 282, 283, 285}  # tabby, tiger cat, Persian, Egyptian cat
 

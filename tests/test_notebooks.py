@@ -6,11 +6,10 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from conftest import ROOT, SAMPLE
 
 from mcls.config import Config
 from mcls.pipeline import NOTEBOOK_DIR, NOTEBOOKS, PipelineError, ensure_kernel, run_pipeline
-
-from conftest import ROOT, SAMPLE
 
 NOTEBOOK_FILES = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
@@ -58,7 +57,7 @@ def test_05_submission(trained_run):
 
 
 def test_05_submission_averages_the_runs_ensemble_members(tiny_cfg, tmp_path):
-    from mcls.train import train
+    from mcls.train.run import train
 
     member = tmp_path / "small.yaml"
     member.write_text("img_size: 40\n")
@@ -125,7 +124,7 @@ def test_02_face_crop(tmp_path):
 
 
 def test_01_relabel_writes_the_queue_and_appends_reviewed_decisions(tmp_path):
-    from mcls.data import load_train_table
+    from mcls.data.table import load_train_table
 
     person = load_train_table(SAMPLE).drop_duplicates("person").iloc[0]
     given = ("male", "female")[person["gender"]]

@@ -3,10 +3,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mcls.dataset import ImageArrayDataset, make_loader
-from mcls.engine import Runtime, load_checkpoint, predict_probs
-from mcls.predict import SubmissionError, check_submission, predict_folder, write_submission
 from mcls.config import Config
+from mcls.data.dataset import ImageArrayDataset, make_loader
+from mcls.infer.predictor import predict_probs
+from mcls.infer.submission import SubmissionError, check_submission, predict_folder, write_submission
+from mcls.model.checkpoint import load_checkpoint
+from mcls.runtime.device import Runtime
 
 
 def test_submission_rows_follow_info_csv(trained_run, sample_dir):
@@ -20,7 +22,7 @@ def test_submission_matches_per_image_prediction(trained_run, sample_dir):
     """Each row's answer is that very image's prediction: a shuffled loader would break this."""
     sub = pd.read_csv(write_submission(sample_dir, trained_run, out=trained_run / "s.csv", tta=False))
     model, cfg = load_checkpoint(trained_run / "fold0" / "best.pt")
-    from mcls.images import load_resized
+    from mcls.data.images import load_resized
 
     for image_id, ans in zip(sub["ImageID"][:5], sub["ans"][:5]):
         image = load_resized(sample_dir / "eval" / "images" / image_id, cfg.img_size)[None]
@@ -42,7 +44,7 @@ def test_checker_refuses_bad_submissions(sample_dir):
 
 def test_prediction_scores_every_row_with_partial_last_batch():
     """A validation loop that drops the last partial batch is impossible: 37 rows in batches of 8."""
-    from mcls.models import create_model
+    from mcls.model.classifier import create_model
 
     images = np.random.default_rng(0).integers(0, 255, (37, 32, 32, 3), dtype=np.uint8)
     probs = predict_probs(create_model("test_efficientnet", pretrained="none"),
@@ -70,11 +72,11 @@ def test_a_different_submission_never_replaces_the_old_one_silently(trained_run,
 
 
 def test_person_consistent_prediction_answers_gender_and_age_once_per_blind_group(trained_run, sample_dir):
-    from mcls.data import load_train_table
-    from mcls.images import load_images
+    from mcls.data.images import load_images
+    from mcls.data.table import load_train_table
+    from mcls.infer.persons import face_embeddings, group_images
+    from mcls.infer.predictor import find_checkpoints, predict_paths
     from mcls.labels import decode
-    from mcls.persons import face_embeddings, group_images
-    from mcls.predict import find_checkpoints, predict_paths
 
     table = load_train_table(sample_dir)
     paths = table[table["person"].isin(table["person"].unique()[:6])]["path"]  # 6 persons x 7 photos
@@ -87,10 +89,10 @@ def test_person_consistent_prediction_answers_gender_and_age_once_per_blind_grou
 
 
 def test_an_ensemble_of_runs_averages_each_run_at_its_own_size(trained_run, sample_dir, tmp_path):
-    from mcls.config import Config
-    from mcls.train import train
-
     from conftest import TINY
+
+    from mcls.config import Config
+    from mcls.train.run import train
 
     other = tmp_path / "other"  # another size and seed on the same folds
     train(Config(data_dir=str(sample_dir), run_dir=str(other), **{**TINY, "img_size": 64, "train_seed": 3}))

@@ -5,21 +5,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SAMPLE, TINY
 from sklearn.metrics import adjusted_rand_score
 
-from mcls import distributed
+from mcls.analysis.robustness import SHIFTS, shifted
 from mcls.config import Config
-from mcls.dataset import epoch_order
-from mcls.engine import load_checkpoint
-from mcls.losses import AgeDistributionLoss
-from mcls.mixing import MIXES, BatchMixer
-from mcls.models import AGE_BINS, class_log_probs, create_model
-from mcls.persons import face_embeddings, group_images, share_within_groups
-from mcls.robustness import SHIFTS, shifted
-from mcls.train import load_training_data, train
-from mcls.transforms import AUGMENTATIONS
-
-from conftest import SAMPLE, TINY
+from mcls.data.dataset import epoch_order
+from mcls.infer.persons import face_embeddings, group_images, share_within_groups
+from mcls.model.checkpoint import load_checkpoint
+from mcls.model.classifier import AGE_BINS, class_log_probs, create_model
+from mcls.runtime import distributed
+from mcls.train.augment import AUGMENTATIONS
+from mcls.train.losses import AgeDistributionLoss
+from mcls.train.mixing import MIXES, BatchMixer
+from mcls.train.run import load_training_data, train
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +153,7 @@ def test_training_with_every_option_on_resumes_and_predicts(tmp_path):
 
 
 def test_pseudo_targets_keep_confident_rows_without_an_exact_age():
-    from mcls.pseudo import pseudo_targets
+    from mcls.train.pseudo import pseudo_targets
 
     probs = np.full((3, 18), 0.01)
     probs[0, 7], probs[1, 7], probs[2, 16] = 0.83, 0.5, 0.95
@@ -182,7 +181,7 @@ def test_pseudo_teacher_must_have_the_fold(trained_run, tmp_path):
 
 
 def test_an_epoch_keeps_every_person_and_k_of_their_masked_photos():
-    from mcls.dataset import epoch_rows
+    from mcls.data.dataset import epoch_rows
 
     persons = np.repeat(np.arange(10), 7)
     mask = np.tile([0, 0, 0, 0, 0, 1, 2], 10)
@@ -200,7 +199,7 @@ def test_an_epoch_keeps_every_person_and_k_of_their_masked_photos():
 
 
 def test_custom_augmentations_follow_the_compose_seed(sample_data):
-    from mcls.transforms import create_train_transform
+    from mcls.train.augment import create_train_transform
 
     _, images = sample_data
     t = create_train_transform("robust")

@@ -6,14 +6,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from mcls.config import Config
-from mcls.data import DataError, load_train_table
-from mcls.labels import encode
-from mcls.relabel import (PROB_COLUMNS, apply_decisions, decide, find_suspects, load_oof, person_strip,
-                          record_decision, run_finder)
-
 from conftest import ROOT, SAMPLE
+
+from mcls.analysis.relabel import (
+    PROB_COLUMNS,
+    apply_decisions,
+    decide,
+    find_suspects,
+    load_oof,
+    person_strip,
+    record_decision,
+    run_finder,
+)
+from mcls.config import Config
+from mcls.data.table import DataError, load_train_table
+from mcls.labels import encode
 
 
 def plant_errors(data: Path, seed: int = 0) -> tuple[set, set]:

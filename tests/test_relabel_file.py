@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from mcls.data import DataError, load_train_table
+from mcls.data.table import DataError, load_train_table
 
 
 def test_latest_decision_wins_and_nothing_else_changes(sample_copy, tmp_path):

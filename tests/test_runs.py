@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from mcls.runs import list_runs
-from mcls.train import train
+from mcls.runs.records import list_runs
+from mcls.train.run import train
 
 
 def test_run_records_and_listing(tiny_cfg, tmp_path):
@@ -18,7 +18,7 @@ def test_run_records_and_listing(tiny_cfg, tmp_path):
 
 
 def test_data_fingerprint_changes_with_relabeling(tiny_cfg, tmp_path):
-    from mcls.data import data_fingerprint, load_train_table
+    from mcls.data.table import data_fingerprint, load_train_table
 
     relabels = tmp_path / "relabel.csv"
     pid = load_train_table(tiny_cfg.data_dir)["person"].iloc[0]

@@ -10,12 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
-from mcls.engine import load_checkpoint
-from mcls.runs import RunExistsError
-from mcls.train import train
-
 from conftest import ROOT, TINY
+
+from mcls.model.checkpoint import load_checkpoint
+from mcls.runs.records import RunExistsError
+from mcls.train.run import train
 
 METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "f1", "f1_mask", "f1_gender", "f1_age"]
 

@@ -1,0 +1,60 @@
+"""The interactive side of notebook 04: pick head, class, right/wrong and CAM method, see the overlays."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mcls.analysis.cam import METHODS, _load_as_trained, cam_maps, head_class_names, overlay, validation_table
+from mcls.analysis.plots import image_grid
+from mcls.model.checkpoint import load_checkpoint
+
+
+def cam_grid(run_dir: str | Path, table: pd.DataFrame, head: str, cls: int, correct: bool, method: str = "gradcam",
+             n: int = 8, device: str = "cpu"):
+    """A grid of up to `n` validation images of true class `cls` for `head`, predicted right or wrong, each with
+    the CAM of its predicted class from its own fold's model. Returns the matplotlib figure."""
+    rows = table[(table[f"{head}_true"] == cls) & ((table[f"{head}_pred"] == cls) == correct)].head(n)
+    tiles, captions = [], []
+    for fold, part in rows.groupby("fold"):
+        model, cfg = load_checkpoint(Path(run_dir) / f"fold{fold}" / "best.pt", device)
+        names = head_class_names(cfg.age_bounds)[head]
+        images = _load_as_trained(part["path"], cfg, device)
+        maps = cam_maps(model, images, head, part[f"{head}_pred"].tolist(), method)
+        tiles += [overlay(img, m) for img, m in zip(images, maps)]
+        captions += [f"{p} pred {names[k]}" for p, k in zip(part["person"], part[f"{head}_pred"])]
+    verdict = "right" if correct else "wrong"
+    return image_grid(tiles, captions, ncols=4, title=f"{head} = {cls}, predicted {verdict} ({len(tiles)} shown)")
+
+
+def browser(run_dir: str | Path, data_dir: str | Path | None = None, n: int = 8):
+    """An ipywidgets panel over cam_grid; inert (but harmless) when no front end displays it."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    table = validation_table(run_dir, data_dir)
+    names = head_class_names()
+    head = widgets.Dropdown(options=list(names), description="head")
+    def options(h):
+        return [(name, i) for i, name in enumerate(names[h])]
+
+    cls = widgets.Dropdown(options=options("mask"), description="class")
+    correct = widgets.ToggleButtons(options=[("wrong", False), ("right", True)], description="predicted")
+    method = widgets.Dropdown(options=[m for m in METHODS if m not in ("scorecam", "random")], description="method")
+    out = widgets.Output()
+
+    def on_head(change):
+        cls.options = options(change["new"])
+
+    def redraw(_=None):
+        with out:
+            out.clear_output(wait=True)
+            fig = cam_grid(run_dir, table, head.value, cls.value, correct.value, method.value, n)
+            display(fig)
+            plt.close(fig)
+
+    head.observe(on_head, names="value")
+    for w in (head, cls, correct, method):
+        w.observe(redraw, names="value")
+    return widgets.VBox([widgets.HBox([head, cls]), widgets.HBox([correct, method]), out])

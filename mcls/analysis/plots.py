@@ -1,0 +1,95 @@
+"""Result figures, saved as PNG so a headless run leaves the same evidence as an interactive one."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline", "nbagg", "widget", "ipympl")):
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from mcls.io import atomic_path
+from mcls.labels import class_names
+
+
+def save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    return path
+
+
+def confusion_matrix_figure(cm: np.ndarray, age_bounds=(30, 60), title: str = "validation confusion matrix"):
+    fig, ax = plt.subplots(figsize=(11, 9))
+    names = class_names(age_bounds)
+    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, xticklabels=names, yticklabels=names, ax=ax,
+                annot_kws={"size": 7})
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    ax.tick_params(labelsize=7)
+    return fig
+
+
+def learning_curves_figure(history: pd.DataFrame):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
+    if "val_loss" in history:
+        axes[0].plot(history["epoch"], history["val_loss"], marker="o", label="validation loss")
+    axes[0].set_xlabel("epoch")
+    axes[0].legend()
+    for col in ("f1", "f1_mask", "f1_gender", "f1_age", "f1_old"):
+        if col in history:
+            axes[1].plot(history["epoch"], history[col], marker="o", label=col)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("validation macro F1")
+    axes[1].set_ylim(0, 1.02)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fold_scores_figure(per_fold: pd.DataFrame):
+    """Bars of macro F1 (18-class and per head) for each validation fold."""
+    cols = [c for c in ("f1", "f1_mask", "f1_gender", "f1_age", "f1_old") if c in per_fold]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    per_fold[cols].astype(float).plot.bar(ax=ax)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("fold")
+    ax.set_ylabel("validation macro F1")
+    ax.legend(fontsize=8, ncol=len(cols))
+    return fig
+
+
+def class_distribution_figure(counts: pd.Series, title: str):
+    fig, ax = plt.subplots(figsize=(10, 3))
+    ax.bar(counts.index, counts.to_numpy())
+    ax.set_xticks(counts.index)
+    ax.set_xlabel("class")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    return fig
+
+
+def image_grid(tiles: list, captions: list, ncols: int, title: str = ""):
+    """A matplotlib figure of image tiles (None leaves a cell blank), captions under the tiles."""
+    nrows = max(1, math.ceil(len(tiles) / ncols))
+    height = 2.1 * nrows + 0.5
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, height), squeeze=False)
+    # fixed margins: tight_layout costs more than the whole CAM pass on small grids
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / height, wspace=0.05, hspace=0.25)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, tile, caption in zip(axes.flat, tiles, captions):
+        if tile is not None:
+            ax.imshow(tile)
+            ax.set_title(caption, fontsize=7)
+    if not tiles:
+        axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center")
+    fig.suptitle(title, fontsize=9)
+    return fig

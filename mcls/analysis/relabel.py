@@ -1,0 +1,373 @@
+"""Finding wrong labels and recording decisions about them.
+
+The finder ranks persons whose labels look wrong, from out-of-fold probabilities (a model never scores a person it
+trained on, so it cannot have memorised a wrong label): (a) `normal` and `incorrect_mask` files that look swapped,
+(b) a gender or age band the model confidently disagrees with, (c) ages a year or two from a band edge, listed
+separately because there the model is weak evidence either way. Decisions go to an append-only relabel CSV that
+`data.load_train_table(relabel_file=...)` applies, latest per (person, field); image files are never touched.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mcls.data.table import RELABEL_FIELDS, DataError, read_relabels
+from mcls.io import atomic_path
+from mcls.labels import FILE_MASK, GENDERS, MASK_STATES, NUM_CLASSES, PROB_COLUMNS, age_band, age_band_names, decode
+
+log = logging.getLogger(__name__)
+
+QUEUE_COLUMNS = ["person", "field", "given", "suggested", "score", "reason", "check"]
+RELABEL_COLUMNS = ["id", "field", "old", "new", "reason", "time"]
+CHECKS = ("swap", "gender", "age", "edge")  # queue order: the first three by score, then the edge list
+
+
+# ---------------------------------------------------------------------------------------------- OOF probabilities
+def load_oof(source: str | Path, table: pd.DataFrame) -> np.ndarray:
+    """(N, 18) out-of-fold probabilities aligned with `table` rows, from a run folder's fold*/val_predictions.csv
+    or from one CSV with path, p0..p17 (the finder's oof.csv).
+
+    Each validation fold was scored by the model that did not train on it; a run with fold=-1 covers every image.
+    Rows the source did not score are NaN (the finder then skips those persons' model checks).
+    """
+    source = Path(source)
+    files = [source] if source.is_file() else sorted(source.glob("fold*/val_predictions.csv"))
+    if not files:
+        raise FileNotFoundError(f"{source}: no fold*/val_predictions.csv (train with fold=-1 for every person)")
+    pred = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    key = pred["path"].map(lambda p: str(Path(p).resolve()))
+    if key.duplicated().any():
+        raise ValueError(f"{source}: some images were scored more than once; not out-of-fold predictions")
+    probs = pred[PROB_COLUMNS].to_numpy(dtype=float)
+    row = dict(zip(key, range(len(pred))))
+    out = np.full((len(table), NUM_CLASSES), np.nan)
+    for i, p in enumerate(table["path"]):
+        j = row.get(str(Path(p).resolve()))
+        if j is not None:
+            out[i] = probs[j]
+    scored = ~np.isnan(out[:, 0])
+    if not scored.all():
+        log.warning("%s scored %d of %d images; the rest get no model checks", source, scored.sum(), len(table))
+    return out
+
+
+def probe_oof(table: pd.DataFrame, n_folds: int = 5, seed: int = 42, backbone: str = "tf_efficientnet_lite0",
+              size: int = 224, device: str = "auto", crop=None, batch_size: int = 64) -> np.ndarray:
+    """(N, 18) out-of-fold probabilities from a cheap model: frozen offline ImageNet features and one logistic
+    regression per head (mask, gender, age band), fitted per person-grouped fold and scoring only its held-out fold.
+
+    Minutes on a CPU for thousands of images, no training run needed. Unreadable images get NaN rows.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mcls.data.folds import assign_folds
+
+    features, bad = embed(table["path"], backbone, size, device, crop, batch_size)
+    ok = np.setdiff1d(np.arange(len(table)), bad)
+    t = table.iloc[ok].reset_index(drop=True)
+    x = features[ok]
+    folds = assign_folds(t, n_folds, seed).to_numpy()
+    heads = {"mask": t["mask"].to_numpy(), "gender": t["gender"].to_numpy(), "age": t["age_band"].to_numpy()}
+    marginals = {h: np.zeros((len(t), 3 if h != "gender" else 2)) for h in heads}
+    for k in range(n_folds):
+        val = folds == k
+        for h, y in heads.items():
+            # strong penalty: a person's 7 shots are near-duplicates, so a weak one overfits and turns overconfident
+            # (on utkmask C=0.01 put 11 of 20 flipped genders in the top 20, C=0.3 only 5)
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
+            model.fit(x[~val], y[~val])
+            p = np.zeros((val.sum(), marginals[h].shape[1]))
+            p[:, model.classes_] = model.predict_proba(x[val])  # a class missing from a fold keeps probability 0
+            marginals[h][val] = p
+    m, g, a = decode(np.arange(NUM_CLASSES))
+    out = np.full((len(table), NUM_CLASSES), np.nan)
+    out[ok] = marginals["mask"][:, m] * marginals["gender"][:, g] * marginals["age"][:, a]
+    return out
+
+
+def embed(paths, backbone: str = "tf_efficientnet_lite0", size: int = 224, device: str = "auto", crop=None,
+          batch_size: int = 64) -> tuple[np.ndarray, list[int]]:
+    """(N, D) pooled features of a frozen offline-pretrained backbone, averaged with the flipped image; returns
+    (features, indices of unreadable images)."""
+    import torch
+
+    from mcls.config import Config
+    from mcls.data.images import load_images
+    from mcls.model.classifier import create_model
+    from mcls.runtime.device import Runtime
+
+    rt = Runtime(Config(device=device))
+    model = rt.prepare(create_model(backbone, pretrained="offline", drop_rate=0.0)).eval()
+    images, bad = load_images(paths, size, on_bad_image="skip", crop=crop)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = rt.to_input(torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2))
+            with rt.autocast():
+                f = model.backbone(model.normalise(x)) + model.backbone(model.normalise(x.flip(-1)))
+            out.append((f / 2).float().cpu().numpy())
+    return np.concatenate(out), bad
+
+
+# ---------------------------------------------------------------------------------------------- the finder
+def person_marginals(table: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
+    """Per person: given labels, mean P(female), mean P(age band 0..2) over the 7 images, and the mask-state
+    probabilities of the image labelled `not wear` and of the one labelled `incorrect` (NaN when unscored)."""
+    p = probs.reshape(-1, 3, 2, 3)
+    df = pd.DataFrame({"person": table["person"].to_numpy(), "mask": table["mask"].to_numpy(),
+                       "gender": table["gender"].to_numpy(), "age": table["age"].to_numpy(),
+                       "p_female": p.sum((1, 3))[:, 1], **{f"p_age{k}": p.sum((1, 2))[:, k] for k in range(3)},
+                       **{f"p_mask{k}": p.sum((2, 3))[:, k] for k in range(3)},
+                       "stem": table["stem"].to_numpy()})
+    out = df.groupby("person", sort=False).agg(gender=("gender", "first"), age=("age", "first"),
+                                                p_female=("p_female", "mean"),
+                                                **{f"p_age{k}": (f"p_age{k}", "mean") for k in range(3)})
+    for mask, name in ((2, "bare"), (1, "incorrect")):
+        rows = df[df["mask"] == mask].drop_duplicates("person").set_index("person")
+        for k in range(3):
+            out[f"{name}_p{k}"] = rows[f"p_mask{k}"].reindex(out.index)
+    swapped = df[(df["stem"] == "normal")].set_index("person")["mask"] == 1  # a relabel already swapped them
+    out["swapped"] = swapped.reindex(out.index).fillna(False).astype(bool)
+    return out.reset_index()
+
+
+def find_suspects(table: pd.DataFrame, probs: np.ndarray, age_bounds=(30, 60), near_edge: int = 2,
+                  min_swap: float = 0.5) -> pd.DataFrame:
+    """The review queue: person, field, given, suggested, score, reason, check; one row per doubtful label.
+
+    score is the model's probability that the given label is wrong. Rows with check swap / gender / age come first,
+    by score; the `edge` list (ages within `near_edge` years of a band edge) follows, also by score.
+    Confident learning sets the bar for gender and age: a person is listed when the probability of another class
+    reaches that class's average probability among persons labelled with it (its self-confidence).
+    """
+    per = person_marginals(table, probs)
+    rows = []
+    scored = per["p_female"].notna()
+    # (a) swapped files: both images explained better with the two labels exchanged
+    a = per["bare_p1"] * per["incorrect_p2"]  # `not wear` file looks incorrect, `incorrect` file looks bare
+    b = per["bare_p2"] * per["incorrect_p1"]
+    p_swap = (a / (a + b).clip(lower=1e-12)).where(scored)
+    for r, ps in zip(per.itertuples(), p_swap):
+        if ps >= min_swap:
+            now = "true" if r.swapped else "false"
+            rows.append((r.person, "swap_normal_incorrect", now, "false" if r.swapped else "true", ps,
+                         f"image labelled not wear looks incorrect ({r.bare_p1:.2f}), the one labelled incorrect "
+                         f"looks bare ({r.incorrect_p2:.2f})", "swap"))
+    # (b) gender: confident learning threshold per class
+    p_gender = np.stack([1 - per["p_female"], per["p_female"]], 1)
+    given = per["gender"].to_numpy()
+    for cls in range(2):
+        t = np.nanmean(p_gender[given == cls, cls]) if (given == cls).any() else 0.5
+        for r, p in zip(per[given == 1 - cls].itertuples(), p_gender[given == 1 - cls, cls]):
+            if p >= t and p > 0.5:
+                rows.append((r.person, "gender", GENDERS[1 - cls], GENDERS[cls], p,
+                             f"looks {GENDERS[cls]} (p={p:.2f}; bar {t:.2f})", "gender"))
+    # (b) age band, far from an edge; (c) near an edge
+    p_age = per[[f"p_age{k}" for k in range(3)]].to_numpy()
+    band = age_band(per["age"].to_numpy(), age_bounds)
+    names = age_band_names(age_bounds)
+    bars = [np.nanmean(p_age[band == k, k]) if (band == k).any() else 0.5 for k in range(3)]
+    for r, b_, p in zip(per.itertuples(), band, p_age):
+        edge = min(age_bounds, key=lambda e: abs(r.age - (e - 0.5)))  # 29 and 30 are both 1 year from the 30 edge
+        near = edge - near_edge <= r.age < edge + near_edge
+        if near:
+            other = b_ + (1 if r.age < edge else -1)
+            po = p[other]
+            suggested = _nearest_age(r.age, other, age_bounds) if po > p[b_] else r.age
+            rows.append((r.person, "age", str(r.age), str(suggested), po,
+                         f"age {r.age} is near the {edge} edge; P({names[other]})={po:.2f}, "
+                         f"P({names[b_]})={p[b_]:.2f}", "edge"))
+        elif not np.isnan(p).any():
+            top = int(np.argmax(p))
+            if top != b_ and p[top] >= bars[top]:
+                rows.append((r.person, "age", str(r.age), str(_nearest_age(r.age, top, age_bounds)), p[top],
+                             f"looks {names[top]} (p={p[top]:.2f}; bar {bars[top]:.2f}), given {names[b_]}", "age"))
+    queue = pd.DataFrame(rows, columns=QUEUE_COLUMNS)
+    queue["score"] = queue["score"].astype(float).round(4)
+    order = queue["check"].eq("edge").astype(int)
+    queue = queue.assign(_o=order).sort_values(["_o", "score"], ascending=[True, False], na_position="last")
+    return queue.drop(columns="_o").reset_index(drop=True)
+
+
+def run_finder(cfg, run: str | Path | None = None, out_dir: str | Path | None = None,
+               near_edge: int = 2) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Headless finder on cfg.data_dir (cfg.relabel_file applied, so reviewed labels are what gets checked): OOF
+    probabilities from `run` (a fold=-1 run folder or an oof.csv) or else from `probe_oof`; writes queue.csv and
+    oof.csv (path, p0..p17) into out_dir when given. Returns (queue, table, probs)."""
+    from mcls.data.faces import CropSettings
+    from mcls.data.table import load_train_table
+    from mcls.io import write_csv
+
+    table = load_train_table(cfg.data_dir, cfg.age_bounds, cfg.train_old_age, cfg.relabel_file or None)
+    if run:
+        probs = load_oof(run, table)
+    else:
+        probs = probe_oof(table, cfg.n_folds, cfg.seed, device=cfg.device, crop=CropSettings.from_config(cfg))
+    queue = find_suspects(table, probs, cfg.age_bounds, near_edge)
+    if cfg.relabel_file:  # a label someone already decided on (even "keep") is not asked about again
+        done = read_relabels(cfg.relabel_file)
+        decided = set(zip(done["id"], done["field"]))
+        queue = queue[[k not in decided for k in zip(queue["person"], queue["field"])]].reset_index(drop=True)
+    if out_dir:
+        oof = pd.concat([table[["path"]], pd.DataFrame(probs.round(5), columns=PROB_COLUMNS)], axis=1)
+        write_csv(Path(out_dir) / "oof.csv", oof)
+        write_csv(Path(out_dir) / "queue.csv", queue)
+    return queue, table, probs
+
+
+def _nearest_age(age: int, band: int, age_bounds) -> int:
+    """The age inside `band` closest to `age`: the smallest change that moves a person into that band."""
+    lo, hi = age_bounds
+    return int(np.clip(age, *[(0, lo - 1), (lo, hi - 1), (hi, 120)][band]))
+
+
+def person_strip(table: pd.DataFrame, person: str, probs: np.ndarray | None = None,
+                 age_bounds=(30, 60)) -> pd.DataFrame:
+    """A person's images in file order (mask1..5, incorrect_mask, normal): path, stem, given and predicted
+    mask / gender / age band as names, and the predicted class's probability; the rows of an image strip."""
+    rows = table.index[table["person"].astype(str) == str(person)]
+    if not len(rows):
+        raise KeyError(f"no person {person!r} in the table")
+    t = table.loc[rows]
+    ages = age_band_names(age_bounds)
+    out = pd.DataFrame({"path": t["path"].to_numpy(), "stem": t["stem"].to_numpy(),
+                        "given_mask": [MASK_STATES[m] for m in t["mask"]],
+                        "given_gender": [GENDERS[g] for g in t["gender"]],
+                        "given_age": [f"{a} ({ages[b]})" for a, b in zip(t["age"], t["age_band"])]})
+    if probs is not None:
+        p = probs[rows]
+        cls = np.nan_to_num(p, nan=-1).argmax(1)
+        m, g, a = decode(cls)
+        out["pred_mask"] = [MASK_STATES[k] for k in m]
+        out["pred_gender"] = [GENDERS[k] for k in g]
+        out["pred_age"] = [ages[k] for k in a]
+        out["p_pred"] = p[np.arange(len(p)), cls].round(3)
+    order = {stem: i for i, stem in enumerate(FILE_MASK)}
+    return out.sort_values("stem", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------- decisions
+def record_decision(path: str | Path, person: str, field: str, old, new, reason: str = "") -> dict:
+    """Appends one decision (id, field, old, new, reason, time) to the relabel CSV; returns the row written.
+
+    The file is only ever extended: earlier rows stay byte for byte, and the rewrite is atomic (a crash leaves the
+    old file or the new one). Values are checked first, so a bad decision never makes the file unloadable.
+    """
+    return record_decisions(path, [{"id": person, "field": field, "old": old, "new": new, "reason": reason}])[0]
+
+
+def record_decisions(path: str | Path, decisions) -> list[dict]:
+    """Appends many decisions in one atomic write; returns the rows written (same checks as record_decision)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    rows = [{"id": str(d["id"]), "field": d["field"], "old": _value(d["field"], d.get("old", ""), allow_empty=True),
+             "new": _value(d["field"], d["new"]), "reason": str(d.get("reason", "")).strip(), "time": stamp}
+            for d in decisions]
+    path = Path(path)
+    with _locked(path):
+        before = path.read_bytes() if path.exists() else b""
+        header = next(csv.reader(io.StringIO(before.decode()))) if before.strip() else RELABEL_COLUMNS
+        missing = [c for c in ("id", "field", "new") if c not in header]
+        if missing:
+            raise DataError(path, [f"missing column(s) {missing}; not a relabel file"])
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        if not before.strip():
+            writer.writerow(header)
+        for r in rows:
+            writer.writerow([r.get(c, "") for c in header])
+        sep = b"" if not before or before.endswith(b"\n") else b"\n"
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(before + sep + text.getvalue().encode())
+    return rows
+
+
+def _value(field: str, value, allow_empty: bool = False) -> str:
+    if field not in RELABEL_FIELDS:
+        raise ValueError(f"field {field!r} is not one of {RELABEL_FIELDS}")
+    v = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip().lower()
+    if allow_empty and v == "":
+        return v
+    if field == "gender" and v not in GENDERS:
+        raise ValueError(f"gender {value!r} is not one of {GENDERS}")
+    if field == "swap_normal_incorrect" and v not in ("true", "false"):
+        raise ValueError(f"swap_normal_incorrect must be true or false, got {value!r}")
+    if field == "age":
+        try:
+            age = float(v)
+        except ValueError:
+            raise ValueError(f"age {value!r} is not a number") from None
+        if not 0 <= age <= 120 or age != int(age):
+            raise ValueError(f"age {value!r} is not a whole number of years in 0..120")
+        v = str(int(age))
+    return v
+
+
+class _locked:
+    """An exclusive lock beside the file, so two reviewers appending at once both land (POSIX; no-op elsewhere)."""
+
+    def __init__(self, path: Path):
+        self.lock = path.with_name(f".{path.name}.lock")
+
+    def __enter__(self):
+        self.lock.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # closing releases the lock
+
+
+def decide(path: str | Path, row, action: str, value=None, reviewer_note: str = "") -> dict:
+    """Records a review of one queue row: action "keep" (new = given), "accept" (new = suggested) or "set"
+    (new = value). This is what the notebook's keep / accept / set buttons call; returns the row written."""
+    row = dict(row._asdict() if hasattr(row, "_asdict") else row)
+    if action not in ("keep", "accept", "set"):
+        raise ValueError(f"action {action!r} is not one of keep, accept, set")
+    if action == "set" and value is None:
+        raise ValueError("action 'set' needs a value")
+    new = {"keep": row["given"], "accept": row["suggested"], "set": value}[action]
+    reason = f"{action}: {row.get('reason', '')}" + (f" ({reviewer_note})" if reviewer_note else "")
+    return record_decision(path, row["person"], row["field"], row["given"], new, reason)
+
+
+def apply_decisions(decisions: str | Path | pd.DataFrame, relabel_path: str | Path) -> pd.DataFrame:
+    """Appends the reviewed rows of a decisions CSV (a queue with a `decision` column: keep / accept / set, and
+    `value` for set) to the relabel file, for papermill and headless runs; rows with no decision are skipped.
+    Returns the rows written."""
+    df = decisions if isinstance(decisions, pd.DataFrame) else pd.read_csv(decisions, dtype=str, keep_default_na=False)
+    where = "decisions" if isinstance(decisions, pd.DataFrame) else str(decisions)
+    missing = [c for c in ("person", "field", "given", "decision") if c not in df.columns]
+    if missing:
+        raise DataError(where, [f"missing column(s) {missing}"])
+    todo, problems = [], []
+    for i, r in df.fillna("").astype(str).iterrows():
+        action = r["decision"].strip().lower()
+        if not action:
+            continue
+        value = r.get("value", "").strip() or None
+        new = {"keep": r["given"], "accept": r.get("suggested", ""), "set": value}.get(action, "?")
+        try:
+            if action not in ("keep", "accept", "set") or new is None:
+                raise ValueError(f"decision {action!r} needs to be keep, accept, or set with a value")
+            todo.append({"id": r["person"], "field": r["field"], "old": r["given"], "new": _value(r["field"], new),
+                         "reason": f"{action}: {r.get('reason', '')}".strip()})
+        except ValueError as err:
+            problems.append(f"row {i + 2} (person {r['person']!r}): {err}")
+    if problems:
+        raise DataError(where, problems)
+    return pd.DataFrame(record_decisions(relabel_path, todo) if todo else [], columns=RELABEL_COLUMNS)

@@ -1,0 +1,91 @@
+"""Decoding images once into uint8 arrays at model resolution; the one place that turns a file into pixels."""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+
+class BadImageError(ValueError):
+    """An image that cannot be decoded; names every such file."""
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 HxWx3, EXIF orientation applied; grayscale, palette, alpha and 16-bit files are converted."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit grayscale: keep the dynamic range instead of clipping to 255.
+                arr = np.asarray(im, dtype=np.float64)
+                top = 65535.0 if arr.max() > 255 else 255.0
+                im = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8))
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, im)
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise BadImageError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        size = path.stat().st_size if path.exists() else 0
+        what = "empty file (0 bytes)" if size == 0 else f"cannot decode image ({type(err).__name__}: {err})"
+        raise BadImageError(f"{path}: {what}") from None
+
+
+def crop_array(arr: np.ndarray, box) -> np.ndarray:
+    """The pixels of `box` (x1, y1, x2, y2); the whole image when box is None."""
+    if box is None:
+        return arr
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return arr[y1:y2, x1:x2]
+
+
+def load_resized(path: str | Path, size: int, box=None) -> np.ndarray:
+    """Decoded, cut to `box` (x1, y1, x2, y2) when given, and resized to size x size: identical for training,
+    validation and prediction."""
+    arr = crop_array(decode_image(path), box)
+    if arr.shape[:2] != (size, size):
+        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BICUBIC))
+    return arr
+
+
+def load_images(paths, size: int, on_bad_image: str = "error", threads: int = 4, crop=None):
+    """Decodes every path once into one (N, size, size, 3) uint8 array, face-cropped first when `crop` (a
+    faces.CropSettings, e.g. CropSettings.from_config(cfg)) is given.
+
+    Returns (array, bad) where `bad` lists the indices that could not be read. With on_bad_image="error" any bad
+    file raises one BadImageError naming all of them; with "skip" their rows are left black and logged, and the
+    caller drops them.
+    """
+    paths = [str(p) for p in paths]
+    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    errors: dict[int, str] = {}
+    boxes = [None] * len(paths)
+    if crop is not None:
+        from mcls.data.faces import crop_paths
+
+        report = crop_paths(paths, crop)  # unreadable files get no box here and are reported by decoding below
+        boxes = [None if r.x1 < 0 else (r.x1, r.y1, r.x2, r.y2) for r in report.itertuples()]
+
+    def work(i):
+        try:
+            out[i] = load_resized(paths[i], size, boxes[i])
+        except BadImageError as err:
+            errors[i] = str(err)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(work, range(len(paths))))
+    if errors:
+        listing = "\n  ".join(errors[i] for i in sorted(errors))
+        if on_bad_image == "error":
+            raise BadImageError(f"{len(errors)} unreadable image(s) (set on_bad_image=skip to skip them):\n  {listing}")
+        log.warning("skipping %d unreadable image(s):\n  %s", len(errors), listing)
+    return out, sorted(errors)

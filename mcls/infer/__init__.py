@@ -1,0 +1,1 @@
+"""Prediction: the predictor, how a run is served (TTA, person sharing, members, age bias), submissions."""

@@ -1,0 +1,82 @@
+"""Submissions: the checked writer of eval/info.csv's answers, and predictions for any image folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mcls.data.table import list_images, load_eval_table
+from mcls.infer.predictor import _predict, as_runs, run_members
+from mcls.io import keep_previous, write_csv
+from mcls.labels import GENDERS, MASK_STATES, NUM_CLASSES, PROB_COLUMNS, age_band_names, decode
+
+
+class SubmissionError(ValueError):
+    pass
+
+
+
+def check_submission(sub: pd.DataFrame, info: pd.DataFrame, where: str = "submission") -> None:
+    """Refuses a submission whose rows are not info.csv's rows in order, or whose classes are not 0..17."""
+    problems = []
+    if list(sub.columns) != ["ImageID", "ans"]:
+        problems.append(f"columns are {list(sub.columns)}, expected ['ImageID', 'ans']")
+    if len(sub) != len(info):
+        problems.append(f"{len(sub)} rows, info.csv has {len(info)}")
+    elif "ImageID" in sub and not np.array_equal(sub["ImageID"].to_numpy(), info["ImageID"].to_numpy()):
+        first = int(np.argmax(sub["ImageID"].to_numpy() != info["ImageID"].to_numpy()))
+        problems.append(f"row order differs from info.csv from row {first + 2} on")
+    if "ans" in sub:
+        ans = pd.to_numeric(sub["ans"], errors="coerce")
+        bad = ~ans.between(0, NUM_CLASSES - 1) | (ans % 1 != 0)
+        if bad.any():
+            problems.append(f"{int(bad.sum())} answer(s) outside the classes 0..{NUM_CLASSES - 1}")
+    if problems:
+        raise SubmissionError(f"{where}: refusing to write: " + "; ".join(problems))
+
+
+
+def write_submission(data_dir: str | Path, run, out: str | Path | None = None, tta: bool | None = None,
+                     device: str = "auto", persons: bool | None = None, calibrate: bool | None = None) -> Path:
+    """Predicts eval/info.csv with the run's fold ensemble (or several runs' ensembles averaged); writes
+    `ImageID,ans` in info.csv's exact order."""
+    runs = as_runs(run)
+    if len(runs) > 1 and out is None:
+        raise ValueError("an ensemble of runs needs an output path (--out): no single run folder owns it")
+    members, age_bias_for = run_members(runs, calibrate)
+    info = load_eval_table(data_dir)
+    probs = _predict(info["path"], members, tta, device, None, "error", persons, age_bias_for)[0]
+    sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": probs.argmax(1).astype(int)})
+    run_dir = runs[0] if runs[0].is_dir() else runs[0].parent
+    out = Path(out) if out else run_dir / "submission.csv"
+    check_submission(sub, info, str(out))
+    keep_previous(out, sub.to_csv(index=False))
+    write_csv(out, sub)
+    return out
+
+
+
+def predictions_table(paths, probs: np.ndarray, age_bounds=(30, 60)) -> pd.DataFrame:
+    """path, class, mask, gender, age band (as names) and the 18 probabilities."""
+    cls = probs.argmax(1)
+    mask, gender, band = decode(cls)
+    ages = age_band_names(age_bounds)
+    df = pd.DataFrame({"path": [str(p) for p in paths], "class": cls,
+                       "mask": [MASK_STATES[m] for m in mask], "gender": [GENDERS[g] for g in gender],
+                       "age_band": [ages[a] for a in band]})
+    return pd.concat([df, pd.DataFrame(probs.round(5), columns=PROB_COLUMNS)], axis=1)
+
+
+
+def predict_folder(folder: str | Path, run, out: str | Path, tta: bool | None = None,
+                   device: str = "auto", on_bad_image: str = "error", persons: bool | None = None,
+                   calibrate: bool | None = None) -> Path:
+    """Predicts every image under `folder` into a CSV with one run or several (averaged); unreadable files are
+    listed (skip) or stop the run (error)."""
+    members, age_bias_for = run_members(as_runs(run), calibrate)
+    paths = list_images(folder)
+    probs, bad, cfg = _predict(paths, members, tta, device, None, on_bad_image, persons, age_bias_for)
+    keep = np.setdiff1d(np.arange(len(paths)), bad)
+    write_csv(out, predictions_table([paths[i] for i in keep], probs[keep], cfg.age_bounds))
+    return Path(out)

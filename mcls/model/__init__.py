@@ -1,0 +1,1 @@
+"""The model: offline backbone weights, backbone + task heads, checkpoints that rebuild their model."""

@@ -1,0 +1,126 @@
+"""timm backbone + task heads. The model owns its input normalisation, so a checkpoint is all inference needs."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from mcls.labels import HEAD_SIZES, NUM_CLASSES, age_band, decode
+from mcls.model.weights import REGISTRY, has_offline_weights, load_offline_weights, warn_no_offline_weights
+
+HEAD_TYPES = ("multi", "single")
+AGE_HEADS = ("band", "dist", "both")
+AGE_BINS = 100  # one bin per year of age 0..98, the last for 99 and over
+
+
+def age_bin_bands(age_bounds=(30, 60)) -> torch.Tensor:
+    """(AGE_BINS,) band index of each one-year age bin."""
+    return torch.as_tensor(age_band(np.arange(AGE_BINS), age_bounds), dtype=torch.long)
+
+
+class MaskClassifier(nn.Module):
+    """Takes images as uint8 or float in [0, 1], NCHW; returns a dict of logits per head.
+
+    heads="multi": {"mask": (N,3), "gender": (N,2), "age": (N,3)}; heads="single": {"class": (N,18)}.
+    With an exact-age head (age_head dist or both) the outputs add "age_dist" (N, AGE_BINS) logits over years
+    (and "age_band", the 3-way logits, for both); "age" is then the band log-probabilities they imply, so
+    everything downstream of the model sees three heads as usual.
+    """
+
+    def __init__(self, backbone: nn.Module, heads: str, mean, std, drop_rate: float = 0.0, age_head: str = "band",
+                 age_bounds=(30, 60)):
+        super().__init__()
+        if heads not in HEAD_TYPES:
+            raise ValueError(f"unknown heads {heads!r}; valid: {HEAD_TYPES}")
+        if age_head not in AGE_HEADS or (heads == "single" and age_head != "band"):
+            raise ValueError(f"age_head {age_head!r} is not one of {AGE_HEADS} (an exact-age head needs heads=multi)")
+        self.backbone, self.head_type, self.age_head = backbone, heads, age_head
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        width = backbone.num_features
+        sizes = dict(HEAD_SIZES) if heads == "multi" else {"class": NUM_CLASSES}
+        if age_head != "band":
+            sizes["age_dist"] = AGE_BINS
+            if age_head == "dist":
+                del sizes["age"]
+        self.dropout = nn.Dropout(drop_rate)
+        self.heads = nn.ModuleDict({k: nn.Linear(width, n) for k, n in sizes.items()})
+        # derived from the config stored beside the weights, so not part of the state dict
+        self.register_buffer("bin_band", age_bin_bands(age_bounds), persistent=False)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.dropout(self.backbone(self.normalise(x)))
+        out = {k: head(features) for k, head in self.heads.items()}
+        if self.age_head != "band":
+            p_bin = out["age_dist"].float().softmax(-1)
+            p_band = torch.zeros(len(p_bin), 3, device=p_bin.device).index_add_(1, self.bin_band, p_bin)
+            if self.age_head == "both":
+                out["age_band"] = out.pop("age")
+                p_band = (p_band + out["age_band"].float().softmax(-1)) / 2
+            out["age"] = p_band.clamp_min(1e-8).log()
+        return out
+
+
+_MASK, _GENDER, _AGE = (torch.as_tensor(a) for a in decode(torch.arange(NUM_CLASSES).numpy()))
+
+
+def class_log_probs(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, 18) log-probabilities; three heads combine as log p(mask) + log p(gender) + log p(age)."""
+    if "class" in outputs:
+        return outputs["class"].float().log_softmax(-1)
+    lm, lg, la = (outputs[k].float().log_softmax(-1) for k in ("mask", "gender", "age"))
+    dev = lm.device
+    return lm[:, _MASK.to(dev)] + lg[:, _GENDER.to(dev)] + la[:, _AGE.to(dev)]
+
+
+def head_probs(class_probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-head marginals of an (N, 18) probability table."""
+    p = class_probs.view(-1, 3, 2, 3)
+    return {"mask": p.sum((2, 3)), "gender": p.sum((1, 3)), "age": p.sum((1, 2))}
+
+
+def create_model(backbone: str = "tf_efficientnet_lite0", heads: str = "multi", pretrained: str = "offline",
+                 drop_rate: float = 0.2, age_head: str = "band", age_bounds=(30, 60)) -> MaskClassifier:
+    """Builds a MaskClassifier; `pretrained` is offline | timm | none | a path to a state_dict of the backbone."""
+    if backbone not in timm.list_models():
+        close = timm.list_models(f"*{backbone[:6]}*")[:10]
+        raise ValueError(f"unknown backbone {backbone!r}; similar timm names: {close}")
+    mode = pretrained
+    if mode == "offline" and not has_offline_weights(backbone):
+        warn_no_offline_weights(backbone)
+        mode = "none"
+    net = timm.create_model(backbone, pretrained=(mode == "timm"), num_classes=1000 if mode == "offline" else 0)
+    data_cfg = timm.data.resolve_model_data_config(net)
+    mean, std = data_cfg["mean"], data_cfg["std"]
+    if mode == "offline":
+        entry = load_offline_weights(net, backbone)
+        mean, std = entry.mean, entry.std
+        net.reset_classifier(0)
+    elif mode not in ("timm", "none"):
+        state = torch.load(mode, map_location="cpu", weights_only=True)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches raise even with strict=False
+            missing, unexpected = [str(err).splitlines()[1].strip()], []
+        if missing:
+            raise ValueError(f"{mode}: weights do not fit backbone {backbone!r}: {missing[:3]}")
+        if unexpected:
+            warnings.warn(f"{mode}: ignored keys not in {backbone}: {unexpected[:5]}", stacklevel=2)
+    return MaskClassifier(net, heads, mean, std, drop_rate, age_head, age_bounds)
+
+
+def model_from_config(cfg, pretrained: str | None = None) -> MaskClassifier:
+    """The model a config describes; `pretrained` overrides cfg.pretrained (checkpoints load their own weights)."""
+    return create_model(cfg.backbone, cfg.heads, cfg.pretrained if pretrained is None else pretrained,
+                        cfg.drop_rate, cfg.age_head, tuple(cfg.age_bounds))
+
+
+def offline_backbones() -> list[str]:
+    return sorted(REGISTRY)

@@ -1,0 +1,97 @@
+"""Run folders and run records: what a run was made from, so runs on different code or data never get mixed up."""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from mcls import __version__
+from mcls.config import Config
+from mcls.io import write_json, write_text
+
+
+class RunExistsError(FileExistsError):
+    pass
+
+
+def new_run_dir(cfg: Config) -> Path:
+    return Path(cfg.run_dir) if cfg.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def open_run(cfg: Config, resume: bool = False) -> tuple[Config, Path]:
+    """Creates (or, with resume, reopens) a run folder and writes config.yaml; never overwrites a finished run.
+
+    On resume the saved config wins, so a resumed run continues exactly what was started.
+    """
+    run_dir = new_run_dir(cfg)
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        if not resume:
+            raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, "
+                                 "or choose another run_dir")
+        return Config.from_yaml(saved), run_dir
+    if resume:
+        raise FileNotFoundError(f"{saved}: nothing to resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = Config.from_dict({**cfg.to_dict(), "run_dir": str(run_dir)})
+    write_text(saved, cfg.to_yaml())
+    return cfg, run_dir
+
+
+def git_state(cwd: str | Path = ".") -> dict:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+        return {"commit": head.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+
+
+def write_run_info(run_dir: Path, fingerprint: str, n_images: int, extra: dict | None = None) -> None:
+    import torch
+
+    code_dir = Path(__file__).resolve().parent
+    info = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "mcls_version": __version__, "git": git_state(code_dir),
+            "data_fingerprint": fingerprint, "n_images": n_images, "torch": torch.__version__,
+            "python": platform.python_version(), "machine": platform.machine(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, **(extra or {})}
+    path = run_dir / "run_info.json"
+    if path.exists():  # a resumed run: the record of how it started stays, each resume is added to it
+        first = json.loads(path.read_text())
+        resumes = first.pop("resumes", [])
+        if first.get("data_fingerprint") != fingerprint:
+            raise ValueError(f"{path}: the run started on data {first.get('data_fingerprint')}, the data now has "
+                             f"fingerprint {fingerprint}; resume on the same data or start a new run")
+        info = {**first, "resumes": resumes + [info]}
+    write_json(path, info)
+
+
+def list_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:
+    """One row per run with its key metrics and the config keys that differ between the runs."""
+    rows, configs = [], []
+    for cfg_path in sorted(Path(runs_dir).glob("*/config.yaml")):
+        run = cfg_path.parent
+        cfg = Config.from_yaml(cfg_path).to_dict()
+        summary = run / "summary.json"
+        metrics = json.loads(summary.read_text()) if summary.exists() else {}
+        info = run / "run_info.json"
+        fp = json.loads(info.read_text()).get("data_fingerprint") if info.exists() else None
+        rows.append({"run": run.name, "data": fp, **{k: metrics.get(k) for k in ("f1", "pc_f1", "cal_f1", "ens_f1", "f1_mask",
+                                                                                    "f1_gender", "f1_age", "f1_old",
+                                                                                    "folds")}})
+        configs.append(cfg)
+    df = pd.DataFrame(rows)
+    if configs:
+        cfgs = pd.DataFrame(configs).drop(columns=["run_dir"])
+        differing = [c for c in cfgs.columns if cfgs[c].astype(str).nunique() > 1]
+        df = pd.concat([df, cfgs[differing]], axis=1)
+    return df

@@ -1,0 +1,1 @@
+"""Where code runs: device, mixed precision, memory format, torchrun processes, progress bars."""

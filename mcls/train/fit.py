@@ -1,0 +1,194 @@
+"""Fitting one fold: train_one_epoch and fit (EMA, early stop, atomic checkpoints, exact resume), then the fold's
+scores and evidence."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from mcls.config import Config
+from mcls.data.dataset import ImageArrayDataset, epoch_order, epoch_rows, make_loader, targets_of
+from mcls.infer.predictor import predict_dataset
+from mcls.io import save_torch, write_csv, write_json
+from mcls.labels import PROB_COLUMNS
+from mcls.metrics import confusion, score
+from mcls.model.checkpoint import load_checkpoint
+from mcls.model.classifier import model_from_config
+from mcls.runtime import distributed
+from mcls.runtime.device import Runtime, seed_everything
+from mcls.runtime.progress import progress
+from mcls.train.augment import create_train_transform
+from mcls.train.losses import TaskLoss
+from mcls.train.mixing import BatchMixer
+
+log = logging.getLogger(__name__)
+
+
+
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt: Runtime, desc: str = "train",
+                    mixer: BatchMixer | None = None, ema=None) -> dict:
+    model.train()
+    total, count, start = 0.0, 0, time.perf_counter()
+    for x, y, _ in progress(loader, desc=desc):
+        x, y = rt.to_input(x), y.to(rt.device, non_blocking=True)
+        x, perm, lam = mixer(x) if mixer is not None else (x, None, 1.0)
+        with rt.autocast():
+            out = model(x)
+            loss = loss_fn(out, y)
+            if perm is not None:
+                loss = lam * loss + (1 - lam) * loss_fn(out, y[perm])
+        optimizer.zero_grad(set_to_none=True)
+        rt.scaler.scale(loss).backward()
+        rt.scaler.step(optimizer)
+        rt.scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        total += loss.item() * len(x)
+        count += len(x)
+    seconds = time.perf_counter() - start
+    return {"train_loss": total / count, "train_seconds": seconds, "train_img_per_s": count / seconds}
+
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return f
+
+
+
+def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images: np.ndarray,
+        val_images: np.ndarray, out_dir: str | Path, resume: bool = False, extra=None) -> dict:
+    """Trains one fold, validating every epoch; writes metrics.csv, last.pt, best.pt and val predictions.
+
+    `extra` = (images, targets) joins training only (pseudo-labelled images; targets in TARGET_COLUMNS order).
+
+    Each epoch seeds its order, augmentation, mixing and dropout from (seed, epoch), so a run resumed from
+    last.pt ends exactly as an uninterrupted one would (on CPU). Under torchrun every rank runs this; rank 0
+    alone writes files.
+    """
+    out_dir = Path(out_dir)
+    rt = Runtime(cfg)
+    seed_everything(cfg.training_seed)
+    net = rt.prepare(model_from_config(cfg))
+    model = distributed.wrap(net, rt.device, cfg.sync_bn)
+    if cfg.compile:  # training steps only; validation, EMA and checkpoints use the plain module
+        model = torch.compile(model)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
+        if cfg.ema_decay else None
+    scored = ema.module if ema is not None else net  # the weights validated, kept and shipped
+    train_targets = targets_of(train_df)
+    train_persons = pd.factorize(train_df["person"])[0]
+    if extra is not None and len(extra[0]):
+        train_images = np.concatenate([train_images, extra[0]])
+        train_targets = np.concatenate([train_targets, extra[1]])
+        train_persons = np.concatenate([train_persons, np.full(len(extra[0]), -1)])
+    loss_fn = TaskLoss(cfg, train_targets).to(rt.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rows_per_epoch = len(epoch_rows(train_targets, train_persons, cfg.wear_per_person, 0))
+    steps_per_epoch = math.ceil(rows_per_epoch / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+    mixer = BatchMixer(cfg.mix, cfg.mix_prob, cfg.mix_alpha) if cfg.mix != "none" else None
+    train_ds = ImageArrayDataset(train_images, train_targets, create_train_transform(cfg.augment))
+    val_ds = ImageArrayDataset(val_images, targets_of(val_df))
+    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if resume and last_path.exists():
+        ckpt = torch.load(last_path, map_location=rt.device, weights_only=False)
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        rt.scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+        state = ckpt["state"]
+        log.info("resumed %s after epoch %d", out_dir, state["epoch"])
+
+    val_labels = val_df["label"].to_numpy()
+    sampler = distributed.GlobalBatchSampler(cfg.batch_size)
+    # one loader per fold: its workers persist across epochs, the sampler hands them each epoch's order and seed
+    loader = make_loader(train_ds, cfg.batch_size // distributed.world(), train=True, num_workers=cfg.num_workers,
+                         pin_memory=rt.pin_memory, sampler=sampler)
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        epoch = state["epoch"]
+        epoch_seed = cfg.training_seed * 1000 + epoch
+        seed_everything(epoch_seed)
+        if mixer is not None:
+            mixer.reseed(epoch_seed)
+        sampler.set_epoch(epoch_order(train_targets, epoch_seed, cfg.sampler, train_persons, cfg.wear_per_person),
+                          epoch_seed)
+        stats = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, desc=f"epoch {epoch + 1}",
+                                mixer=mixer, ema=ema)
+        stats["train_loss"] = distributed.mean_over_ranks(stats["train_loss"], len(loader.sampler))
+        probs = predict_dataset(scored, val_ds, rt, rt.eval_batch(cfg.batch_size), num_workers=cfg.num_workers,
+                                desc="validate")
+        val_loss = float(-np.log(np.clip(probs[np.arange(len(probs)), val_labels], 1e-12, None)).mean())
+        row = {"epoch": epoch + 1, **stats, "val_loss": val_loss, **score(val_labels, probs),
+               "lr": optimizer.param_groups[0]["lr"]}
+        state["history"].append(row)
+        improved = row["f1"] > state["best_f1"]
+        if improved:
+            state.update(best_f1=row["f1"], best_epoch=epoch + 1, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        if distributed.is_main():
+            if improved:
+                save_torch(best_path, {"model": scored.state_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
+                                       "metrics": row})
+            save_torch(last_path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(), "scaler": rt.scaler.state_dict(),
+                                   "ema": ema.state_dict() if ema is not None else None,
+                                   "state": state, "config": cfg.to_dict()})
+            write_csv(out_dir / "metrics.csv", pd.DataFrame(state["history"]))
+        distributed.barrier()
+        log.info("epoch %d: loss %.4f  val f1 %.4f (mask %.3f gender %.3f age %.3f)  %.1f img/s%s", epoch + 1,
+                 row["train_loss"], row["f1"], row["f1_mask"], row["f1_gender"], row["f1_age"],
+                 row["train_img_per_s"], "  *best" if improved else "")
+    return finish_fold(cfg, out_dir, val_df, val_ds, rt, state)
+
+
+
+def finish_fold(cfg, out_dir: Path, val_df, val_ds, rt: Runtime, state: dict) -> dict:
+    """Scores the best checkpoint on the whole validation fold (with TTA when configured), with and without
+    person-consistent inference, and saves the evidence."""
+    from mcls.analysis.plots import confusion_matrix_figure, learning_curves_figure, save
+    from mcls.infer.persons import consistency_scores, person_consistent
+
+    model = rt.prepare(load_checkpoint(out_dir / "best.pt", rt.device)[0])
+    probs = predict_dataset(model, val_ds, rt, rt.eval_batch(cfg.batch_size), tta=cfg.tta, num_workers=cfg.num_workers,
+                            desc="validate best")
+    labels = val_df["label"].to_numpy()
+    shared, groups = person_consistent(probs, val_ds.images, cfg.group_threshold)
+    result = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "n_val_images": len(val_df),
+              "n_val_persons": int(val_df["person"].nunique()), "tta": cfg.tta, **score(labels, probs),
+              **consistency_scores(labels, shared, groups, val_df["person"].to_numpy())}
+    if distributed.is_main():
+        # raw probabilities plus the blind person groups: calibration re-shares them the way prediction does
+        pred = val_df[["person", "path", "label"]].copy()
+        pred["group"] = groups
+        pred["pred"] = probs.argmax(1)
+        pred[PROB_COLUMNS] = probs.round(5)
+        write_csv(out_dir / "val_predictions.csv", pred)
+        write_json(out_dir / "summary.json", result)
+        save(confusion_matrix_figure(confusion(labels, probs), cfg.age_bounds), out_dir / "confusion_matrix.png")
+        save(learning_curves_figure(pd.DataFrame(state["history"])), out_dir / "learning_curves.png")
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+    distributed.barrier()
+    return result

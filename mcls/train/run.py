@@ -1,0 +1,133 @@
+"""Training a run: data table -> folds -> one cached image array -> fit per fold -> run summary."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mcls.config import Config
+from mcls.data.cache import cached_images
+from mcls.data.faces import CropSettings
+from mcls.data.folds import assign_folds
+from mcls.data.table import data_fingerprint, load_train_table
+from mcls.infer.calibration import calibrate_run
+from mcls.io import write_json
+from mcls.runs.records import open_run, write_run_info
+from mcls.runs.tracking import log_run
+from mcls.runtime import distributed
+from mcls.train.fit import fit
+
+log = logging.getLogger(__name__)
+
+
+def load_training_data(cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
+    """The image table (with a `fold` column) and its decoded images; unreadable images dropped if on_bad_image=skip."""
+    table = load_train_table(cfg.data_dir, cfg.age_bounds, cfg.train_old_age, cfg.relabel_file or None)
+    crop = CropSettings.from_config(cfg)
+    if not distributed.is_main():  # rank 0 decodes into the cache first; the others then read its memory map
+        distributed.barrier()
+    images, bad = cached_images(table["path"], cfg.img_size, cfg.on_bad_image, crop, cfg.image_cache)
+    if distributed.is_main():
+        distributed.barrier()
+    if bad:
+        keep = np.setdiff1d(np.arange(len(table)), bad)
+        table, images = table.iloc[keep].reset_index(drop=True), images[keep]
+    table["fold"] = assign_folds(table, cfg.n_folds, cfg.seed)
+    return table, images
+
+
+def train(cfg: Config, resume: bool = False) -> dict:
+    """Trains `cfg.fold` (or every fold when fold=-1) into the run folder; returns the run summary.
+
+    Under torchrun every process calls this: rank 0 opens the run folder and tells the others where it is, and
+    only rank 0 writes run records.
+    """
+    distributed.init(cfg.device)
+    opened = None
+    if distributed.is_main():
+        try:
+            opened = open_run(cfg.resolved(), resume=resume)
+        except Exception as err:  # every rank must learn of it, or the others wait forever
+            opened = err
+    opened = distributed.broadcast(opened)
+    if isinstance(opened, Exception):
+        raise opened
+    cfg, run_dir = opened
+    table, images = load_training_data(cfg)
+    if distributed.is_main():
+        write_run_info(run_dir, data_fingerprint(table), len(table), {"processes": distributed.world()})
+    folds = range(cfg.n_folds) if cfg.fold == -1 else [cfg.fold]
+    results = {}
+    for k in folds:
+        results[k] = fit_fold(cfg, table, images, k, run_dir / f"fold{k}", resume=resume)
+    summary = summarise_folds(results)
+    if cfg.members:
+        summary.update(train_members(cfg, run_dir))
+    if distributed.is_main():
+        if cfg.calibrate_age:
+            summary.update(calibrate(run_dir, cfg))
+        write_json(run_dir / "summary.json", summary)
+        log_run(cfg, run_dir)
+    distributed.barrier()
+    return summary
+
+
+def train_members(cfg: Config, run_dir) -> dict:
+    """Trains each ensemble member into <run>/members/<name> (resuming one already started), then scores the
+    averaged out-of-fold predictions of the run and its members (ens_*)."""
+    from mcls.runs.layout import run_with_members
+    from mcls.train.members import ensemble_scores, member_configs
+
+    for name, member in member_configs(cfg):
+        log.info("ensemble member %s: %s", name, member.run_dir)
+        train(member, resume=(Path(member.run_dir) / "config.yaml").exists())
+    if not distributed.is_main():
+        return {}
+    scores = ensemble_scores(run_with_members(run_dir), cfg.person_consistent)
+    if scores:
+        log.info("ensemble of %d runs, folds %s: macro F1 %.4f (+- %.4f)", len(scores["ens_members"]),
+                 scores["ens_folds"], scores["ens_f1"], scores["ens_f1_std"])
+    return scores
+
+
+def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out_dir, resume: bool = False) -> dict:
+    """Fold k against the rest, with pseudo-labelled images added to training when the config asks."""
+    is_val = (table["fold"] == k).to_numpy()
+    log.info("fold %d: %d training / %d validation images", k, (~is_val).sum(), is_val.sum())
+    extra = None
+    if cfg.pseudo_label != "none":
+        from mcls.train.pseudo import pseudo_labelled
+
+        extra = pseudo_labelled(cfg, k, images[is_val])
+    result = fit(cfg, table[~is_val].reset_index(drop=True), table[is_val].reset_index(drop=True),
+                 images[~is_val], images[is_val], out_dir, resume=resume, extra=extra)
+    return {**result, "n_pseudo": 0 if extra is None else len(extra[0])}
+
+
+def calibrate(run_dir, cfg: Config) -> dict:
+    """Fits the age-band bias on every finished fold of the run (for a run with members: on their average, which
+    is what its prediction serves); its nested scores go into the summary as cal_*."""
+    from mcls.runs.layout import run_with_members
+
+    fit = calibrate_run(run_dir, cfg.person_consistent, run_with_members(run_dir))
+    if fit is None:
+        log.info("age calibration skipped: it needs validation predictions of 2 or more folds (fold=-1 trains all)")
+        return {}
+    log.info("age calibration on folds %s: log-prior bias %s, macro F1 %.4f -> %.4f (each fold's bias fitted on "
+             "the other folds)", fit["folds"], fit["age_log_bias"], fit["f1_before"], fit["f1_after"])
+    return {"cal_age_log_bias": fit["age_log_bias"], "cal_folds": fit["folds"],
+            **{f"cal_{k}": fit[f"{k}_after"] for k in ("f1", "acc", "acc_age", "f1_age", "f1_old")},
+            "cal_f1_std": fit["f1_after_std"]}
+
+
+def summarise_folds(results: dict[int, dict]) -> dict:
+    """Mean (and spread) of each fold metric; `folds` lists the folds behind it."""
+    df = pd.DataFrame(results.values())
+    keys = [c for c in df.columns if c.startswith(("f1", "acc", "pc_", "group_ari"))]
+    out = {k: float(df[k].mean()) for k in keys}
+    out.update({f"{k}_std": float(df[k].std(ddof=0)) for k in ("f1", "f1_age", "f1_old", "pc_f1") if k in df})
+    out["folds"] = list(results)
+    out["per_fold"] = {str(k): v for k, v in results.items()}
+    return out
