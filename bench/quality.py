@@ -8,10 +8,11 @@ Every variant is a set of config overrides on PLAIN (the plain fine-tune the kit
 ON_DEFAULT ones ("default+..."), on the package's defaults. Each
 (variant, fold) trains into runs/quality/<variant>-<config hash>/fold<k>; a finished fold is reused and an
 interrupted one resumes from its last epoch, so the command can be re-run after a crash or with more folds.
-Inference-only options (flip TTA, person-consistent inference) are scored from the same checkpoints, as rows
+Inference-only options (flip TTA, person-consistent inference) are scored through the package's serving
+(mcls.infer.serving) from the predictions training saved (both flip views and the blind groups), as rows
 "<variant> +tta" and "<variant> +tta +persons"; a variant run on 2+ folds also gets "+tta +persons +calib", the
-age-band bias of mcls.calibration fitted on its other folds (nested). Fold 0 also gets the mask head's accuracy
-under shifts. ENSEMBLES are scored from their members' kept validation probabilities, without training anything.
+age-band bias of mcls.infer.calibration fitted on its other folds (nested). Fold 0 also gets the mask head's accuracy
+under shifts. ENSEMBLES are served as one run averaging their members, without training anything.
 
 Writes bench/results/quality.{md,csv} (one row per variant: mean and spread over the folds it ran),
 quality_folds.csv (one row per fold), quality_robustness.csv and quality.png (macro F1 vs training time).
@@ -42,16 +43,16 @@ from common import ActiveClock, machine  # noqa: E402
 
 from mcls.analysis.robustness import mask_robustness
 from mcls.config import Config
-from mcls.data.dataset import ImageArrayDataset
 from mcls.data.table import read_persons
-from mcls.infer.calibration import apply_age_bias, fit_age_bias, fold_number
-from mcls.infer.persons import consistency_scores, face_embeddings, group_images, share_within_groups
-from mcls.infer.predictor import predict_dataset
-from mcls.io import atomic_path, write_json
-from mcls.labels import PROB_COLUMNS, decode
+from mcls.infer.calibration import apply_age_bias, fit_age_bias
+from mcls.infer.persons import consistency_scores
+from mcls.infer.serving import Serving
+from mcls.io import write_json
+from mcls.labels import decode
 from mcls.metrics import macro_f1, score
 from mcls.model.checkpoint import load_checkpoint
 from mcls.model.classifier import head_probs
+from mcls.runs.layout import Run
 from mcls.runtime.device import Runtime
 from mcls.train.run import fit_fold, load_training_data
 
@@ -160,7 +161,7 @@ def run_folder(name: str, data_dir: str, runs: Path) -> Path:
 
 # Keys that do not change what a fold trains or how the bench scores it (TTA, person grouping and calibration are
 # scored every way regardless).
-NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "num_workers", "compile", "device",
+NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "num_workers", "compile", "device", "amp_dtype",
               "tta", "person_consistent", "calibrate_age", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke")
 # Keys added to Config after folds were run, at the value that reproduces the old training: left out of the hash
 # at that value, so finished folds stay valid.
@@ -189,17 +190,21 @@ class DataCache:
         return self.cache[key]
 
 
+def served(runs, tta: bool, persons: bool) -> dict:
+    """{fold: OutOfFold} of one variant's run (or several, averaged) as the package serves it, without an age bias
+    and without ensemble members; scored from the predictions training saved."""
+    return Serving.resolve(runs, {"tta": tta, "person_consistent": persons, "calibrate_age": False},
+                           members=False).oof()
+
+
 def run_fold(cfg: Config, fold: int, run_dir: Path, data: DataCache, robustness: bool) -> dict:
     """Trains (or reuses) one fold and scores its best checkpoint with and without TTA and persons."""
-    out = run_dir / f"fold{fold}"
-    done = out / "bench.json"
+    out = Run(run_dir).fold(fold)
+    done = out.dir / "bench.json"
     if done.exists():
-        if not (out / PROBS).exists():  # folds finished before the probabilities were kept
-            table, images = data.get(cfg)
-            fold_probs(cfg, out, table, images, fold)
         return json.loads(done.read_text())
     table, images = data.get(cfg)
-    timing_file = out / "timing.json"
+    timing_file = out.dir / "timing.json"
     spent = json.loads(timing_file.read_text()) if timing_file.exists() else {"wall_s": 0.0, "cpu_s": 0.0}
     clock, cpu0 = ActiveClock(), _cpu_seconds()
     n_pseudo = fit_fold(cfg, table, images, fold, out, resume=True)["n_pseudo"]
@@ -207,49 +212,23 @@ def run_fold(cfg: Config, fold: int, run_dir: Path, data: DataCache, robustness:
              "finished": time.time()}
     write_json(timing_file, spent)
 
-    model, scored = fold_probs(cfg, out, table, images, fold)
-    result = {"fold": fold, **spent, "best_epoch": json.loads((out / "summary.json").read_text())["best_epoch"],
+    result = {"fold": fold, **spent, "best_epoch": json.loads(out.summary.read_text())["best_epoch"],
               "n_pseudo": n_pseudo}
-    for tag, probs in (("", scored["probs"]), ("+tta", scored["probs_tta"])):
-        result.update({f"{k}{tag}": v for k, v in score(scored["labels"], probs).items()})
-    shared = share_within_groups(scored["probs_tta"], scored["groups"])
-    pc = consistency_scores(scored["labels"], shared, scored["groups"], scored["persons"])
+    for tag, tta in (("", False), ("+tta", True)):
+        scored = served(run_dir, tta, persons=False)[fold]
+        result.update({f"{k}{tag}": v for k, v in score(scored.labels, scored.probs).items()})
+    shared = served(run_dir, True, persons=True)[fold]
+    pc = consistency_scores(shared.labels, shared.probs, shared.table["group"].to_numpy(),
+                            shared.table["person"].to_numpy(dtype=str))
     result.update({f"{k[3:]}+tta+persons" if k.startswith("pc_") else k: v for k, v in pc.items()})
     if robustness:
         is_val = (table["fold"] == fold).to_numpy()
-        rob = mask_robustness(model, images[is_val], table.loc[is_val, "mask"].to_numpy(), Runtime(cfg))
-        rob.to_csv(out / "robustness.csv", index=False)
+        rt = Runtime.from_config(cfg)
+        model = rt.prepare(load_checkpoint(out.best, rt.device)[0])
+        rob = mask_robustness(model, images[is_val], table.loc[is_val, "mask"].to_numpy(), rt)
+        rob.to_csv(out.dir / "robustness.csv", index=False)
     write_json(done, result)
     return result
-
-
-PROBS = "val_probs.npz"
-
-
-def fold_probs(cfg: Config, out: Path, table: pd.DataFrame, images: np.ndarray, fold: int):
-    """The best checkpoint's validation probabilities without and with TTA, and the blind person groups, kept in
-    fold<k>/val_probs.npz so that calibration can be fitted across folds later. Training already saved one TTA
-    mode and the groups in val_predictions.csv: only the other mode is predicted here."""
-    is_val = (table["fold"] == fold).to_numpy()
-    val = table[is_val]
-    saved = pd.read_csv(out / "val_predictions.csv")
-    if saved["path"].astype(str).tolist() != val["path"].astype(str).tolist():
-        raise ValueError(f"{out / 'val_predictions.csv'}: its rows are not fold {fold}'s validation images")
-    rt = Runtime(cfg)
-    model = rt.prepare(load_checkpoint(out / "best.pt", rt.device)[0])
-    saved_tta = json.loads((out / "summary.json").read_text())["tta"]  # the mode the fold was trained with
-    other = predict_dataset(model, ImageArrayDataset(images[is_val]), rt, rt.eval_batch(cfg.batch_size),
-                            tta=not saved_tta)
-    trained = saved[PROB_COLUMNS].to_numpy(np.float32)
-    probs, probs_tta = (other, trained) if saved_tta else (trained, other)
-    # folds trained before val_predictions.csv kept the groups
-    groups = (saved["group"].to_numpy() if "group" in saved
-              else group_images(face_embeddings(images[is_val]), cfg.group_threshold))
-    scored = {"probs": probs, "probs_tta": probs_tta, "groups": groups, "labels": val["label"].to_numpy(),
-              "persons": val["person"].to_numpy(dtype=str)}
-    with atomic_path(out / PROBS) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **scored)
-    return model, scored
 
 
 def _cpu_seconds() -> float:
@@ -305,8 +284,8 @@ def run_variant(name: str, folds: list[int], args, data: DataCache) -> None:
     cfg = variant_config(name, args.data, Path(args.runs))
     run_dir = run_folder(name, args.data, Path(args.runs))
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "config.yaml").exists():
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    if not Run(run_dir).config_file.exists():
+        Run(run_dir).config_file.write_text(cfg.to_yaml())
     for k in folds:
         res = run_fold(cfg, k, run_dir, data, robustness=(k == 0))
         print(f"{name} fold {k}: f1 {res['f1']:.4f}  +tta {res['f1+tta']:.4f}  +persons "
@@ -335,10 +314,8 @@ def calibrated_scores(runs: Path) -> pd.DataFrame:
     """Per fold: +tta +persons predictions with the age-band bias fitted on the run's other folds (nested, so the
     score is out of sample); runs with fewer than two folds get none."""
     rows = []
-    for run in sorted(p for p in runs.iterdir() if p.is_dir()):
-        kept = {fold_number(p): np.load(p) for p in sorted(run.glob(f"fold*/{PROBS}"))}
-        rows += nested_calibration(run.name, {k: (z["labels"], share_within_groups(z["probs_tta"], z["groups"]))
-                                              for k, z in kept.items()})
+    for run in sorted(p for p in runs.iterdir() if Run(p).config_file.is_file()):
+        rows += nested_calibration(run.name, {k: (f.labels, f.probs) for k, f in served(run, True, True).items()})
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run", "fold", "f1+tta+persons+calib"])
 
 
@@ -354,19 +331,16 @@ def nested_calibration(run: str, by_fold: dict) -> list[dict]:
 
 def ensemble_folds(runs: Path, data_dir: str, folds: pd.DataFrame) -> pd.DataFrame:
     """Per fold that all members finished: their +tta probabilities averaged, then person sharing (the first
-    member's blind groups) and nested calibration, as prediction would serve the ensemble. Training time is the
+    member's blind groups) and nested calibration, as prediction serves the ensemble. Training time is the
     members' sum."""
     rows = []
     for name, members in ENSEMBLES.items():
         dirs = [run_folder(m, data_dir, runs) for m in members]
-        common = set.intersection(*({fold_number(p) for p in d.glob(f"fold*/{PROBS}")} for d in dirs))
+        if not all(Run(d).config_file.is_file() for d in dirs):
+            continue
         by_fold, fold_rows = {}, []
-        for k in sorted(common):
-            kept = [np.load(d / f"fold{k}" / PROBS) for d in dirs]
-            if any((z["labels"] != kept[0]["labels"]).any() for z in kept):
-                raise ValueError(f"{name}: members' fold {k} holds different validation images")
-            probs = np.mean([z["probs_tta"] for z in kept], axis=0)
-            by_fold[k] = (kept[0]["labels"], share_within_groups(probs, kept[0]["groups"]))
+        for k, f in served(dirs, True, True).items():
+            by_fold[k] = (f.labels, f.probs)
             member = folds[folds["run"].isin([d.name for d in dirs]) & (folds["fold"] == k)]
             fold_rows.append({"variant": name, "run": name, "fold": k, "wall_s": member["wall_s"].sum(),
                               "cpu_s": member["cpu_s"].sum(), "best_epoch": np.nan,
@@ -379,13 +353,13 @@ def ensemble_folds(runs: Path, data_dir: str, folds: pd.DataFrame) -> pd.DataFra
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
-def select_members(pool: dict[str, dict], folds: list[int], groups: dict) -> list[str]:
+def select_members(pool: dict[str, Path], folds: list[int]) -> list[str]:
     """Greedy forward selection on `folds`: the default, then whichever addition raises the mean macro F1 (+tta
-    +persons, sharing within `groups`) most, until none does or SELECTION_MAX are in."""
+    +persons, served as one run with those members: shared within the default's groups) most, until none does or
+    SELECTION_MAX are in."""
     def mean_f1(names):
-        return np.mean([macro_f1(pool[names[0]][k][0],
-                                  share_within_groups(np.mean([pool[n][k][1] for n in names], 0), groups[k]).argmax(1))
-                        for k in folds])
+        scored = served([pool[n] for n in names], True, True)
+        return np.mean([macro_f1(scored[k].labels, scored[k].probs.argmax(1)) for k in folds])
 
     chosen = ["default"]
     best = mean_f1(chosen)
@@ -401,29 +375,26 @@ def select_members(pool: dict[str, dict], folds: list[int], groups: dict) -> lis
 def selection_folds(runs: Path, data_dir: str, folds: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Rows of the nested ensemble selection (members chosen on the other folds, scored on this one) and the
     members chosen on every fold; empty while fewer than two of SELECTION_POOL have all folds."""
-    dirs = {n: run_folder(n, data_dir, runs) for n in SELECTION_POOL}
-    kept = {n: {fold_number(p): np.load(p) for p in sorted(d.glob(f"fold*/{PROBS}"))} for n, d in dirs.items()}
     n_folds = Config().n_folds
-    pool = {n: {k: (z["labels"], z["probs_tta"]) for k, z in f.items()} for n, f in kept.items() if len(f) == n_folds}
+    dirs = {n: run_folder(n, data_dir, runs) for n in SELECTION_POOL}
+    pool = {n: d for n, d in dirs.items() if len(Run(d).scored_folds) == n_folds and Run(d).config_file.is_file()}
     if len(pool) < 2 or "default" not in pool:
         return pd.DataFrame(), []
-    groups = {k: z["groups"] for k, z in kept["default"].items()}  # a run with members shares by its own groups
     rows = []
     for k in range(n_folds):
         others = [j for j in range(n_folds) if j != k]
-        chosen = select_members(pool, others, groups)
-        served = {j: (pool["default"][j][0], share_within_groups(np.mean([pool[n][j][1] for n in chosen], 0),
-                                                                 groups[j])) for j in range(n_folds)}
+        chosen = select_members(pool, others)
+        scored = served([pool[n] for n in chosen], True, True)
         # the run's calibration is fitted on its members' average, on the other folds only here
-        bias = fit_age_bias([served[j] for j in others])["age_log_bias"]
+        bias = fit_age_bias([(scored[j].labels, scored[j].probs) for j in others])["age_log_bias"]
         member = folds[folds["run"].isin([dirs[n].name for n in chosen]) & (folds["fold"] == k)]
+        labels, probs = scored[k].labels, scored[k].probs
         rows.append({"variant": "ensemble selection (nested)", "run": "ensemble selection", "fold": k,
                      "members": " & ".join(chosen), "wall_s": member["wall_s"].sum(), "cpu_s": member["cpu_s"].sum(),
                      "best_epoch": np.nan, "group_ari": np.nan,
-                     **{f"{m}+tta+persons": v for m, v in score(*served[k]).items()},
-                     **{f"{m}+tta+persons+calib": v
-                        for m, v in score(served[k][0], apply_age_bias(served[k][1], bias)).items()}})
-    return pd.DataFrame(rows), select_members(pool, list(range(n_folds)), groups)
+                     **{f"{m}+tta+persons": v for m, v in score(labels, probs).items()},
+                     **{f"{m}+tta+persons+calib": v for m, v in score(labels, apply_age_bias(probs, bias)).items()}})
+    return pd.DataFrame(rows), select_members(pool, list(range(n_folds)))
 
 
 def age_by_edge_distance(run: Path, data_dir: str, bounds=(30, 60)) -> pd.DataFrame:
@@ -431,12 +402,10 @@ def age_by_edge_distance(run: Path, data_dir: str, bounds=(30, 60)) -> pd.DataFr
     band edge: tells boundary noise (errors only near 30 and 60) from a coarse age estimate (errors far from them)."""
     ages = read_persons(data_dir).set_index("id")["age"].astype(int)
     rows = []
-    for path in sorted(run.glob(f"fold*/{PROBS}")):
-        z = np.load(path)
-        shared = share_within_groups(z["probs_tta"], z["groups"])
-        predicted = head_probs(torch.as_tensor(shared))["age"].numpy().argmax(1)
-        age = ages.loc[z["persons"]].to_numpy()
-        rows.append(pd.DataFrame({"correct": predicted == decode(z["labels"])[2],
+    for f in (served(run, True, True).values() if Run(run).config_file.is_file() else []):
+        predicted = head_probs(torch.as_tensor(f.probs))["age"].numpy().argmax(1)
+        age = ages.loc[f.table["person"].to_numpy(dtype=str)].to_numpy()
+        rows.append(pd.DataFrame({"correct": predicted == decode(f.labels)[2],
                                   "years": np.min([abs(age - (b - 0.5)) for b in bounds], axis=0)}))
     if not rows:
         return pd.DataFrame()

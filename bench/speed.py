@@ -31,7 +31,7 @@ from baseline_loader import BaselineDataset  # noqa: E402
 from common import machine  # noqa: E402
 
 from mcls.config import Config
-from mcls.data.dataset import ImageArrayDataset, epoch_order, make_loader, targets_of
+from mcls.data.dataset import ImageArrayDataset, make_loader, targets_of
 from mcls.data.faces import CropSettings, crop_paths
 from mcls.data.images import load_images
 from mcls.data.table import load_train_table
@@ -42,6 +42,7 @@ from mcls.runtime.distributed import GlobalBatchSampler
 from mcls.train.augment import create_train_transform
 from mcls.train.fit import train_one_epoch
 from mcls.train.losses import TaskLoss
+from mcls.train.sampling import epoch_order
 
 
 class Limited:
@@ -65,7 +66,7 @@ class Limited:
 
 def train_rate(cfg: Config, loader, targets, steps: int) -> float:
     """Training images/s over `steps` batches after two warm-up batches."""
-    rt = Runtime(cfg)
+    rt = Runtime.from_config(cfg)
     torch.manual_seed(0)
     model = rt.prepare(create_model(cfg.backbone, cfg.heads, "none", cfg.drop_rate))
     loss_fn = TaskLoss(cfg, targets).to(rt.device)
@@ -90,7 +91,7 @@ def face_crop_rate(paths) -> float:
 
 
 def infer_rate(cfg: Config, images: np.ndarray, tta: bool, repeats: int = 2) -> float:
-    rt = Runtime(cfg)
+    rt = Runtime.from_config(cfg)
     model = rt.prepare(create_model(cfg.backbone, cfg.heads, "none"))
     dataset, batch = ImageArrayDataset(images), rt.eval_batch(cfg.batch_size)
     predict_dataset(model, dataset, rt, batch, tta=tta, num_workers=cfg.num_workers)
@@ -125,7 +126,7 @@ def main(argv=None) -> pd.DataFrame:
         for backbone, workers in itertools.product(args.backbones.split(","), map(int, args.workers.split(","))):
             cfg = Config(backbone=backbone, img_size=size, batch_size=args.batch, num_workers=workers,
                          device=args.device, augment="light")
-            pin = Runtime(cfg).pin_memory
+            pin = Runtime.from_config(cfg).pin_memory
             one = next(iter(make_loader(ImageArrayDataset(images, targets), args.batch, train=True)))
             limit = train_rate(cfg, [one], targets, args.steps)
             sampler = GlobalBatchSampler(args.batch)  # the order and loader that fit() uses

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from mcls.config import ConfigError, load_config
+from mcls.config import Config, ConfigError, load_config
 from mcls.data.table import DataError
 
 
@@ -27,30 +27,56 @@ def cmd_train(args) -> None:
     distributed.shutdown()
 
 
+# Keys `mcls predict` takes besides the serving keys: where the images are and how to read and run them.
+PREDICT_KEYS = ("data_dir", "device", "on_bad_image")
+SWITCHES = {"tta": "tta", "persons": "person_consistent", "calibration": "calibrate_age"}
+
+
+def prediction_keys(args, accepted: tuple[str, ...]) -> tuple[dict, dict]:
+    """(serving overrides, other keys) from --config, key=value and the on/off switches; a key that means nothing
+    here is refused with the list of those that do, and a switch may not contradict its key."""
+    from mcls.config import parse_overrides, read_yaml_keys
+    from mcls.infer.serving import SERVING_KEYS
+
+    values = {**(read_yaml_keys(args.config)[1] if args.config else {}), **parse_overrides(args.overrides)}
+    valid = (*SERVING_KEYS, *accepted)
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: mean(s) nothing to `mcls {args.command}`; it takes "
+                          f"{', '.join(valid)}")
+    for flag, key in SWITCHES.items():
+        given = getattr(args, flag, None)
+        if given is None:
+            continue
+        if key in values and values[key] != (given == "on"):
+            raise ConfigError(f"--{flag} {given} contradicts {key}={values[key]}; give one of them")
+        values[key] = given == "on"
+    return ({k: v for k, v in values.items() if k in SERVING_KEYS},
+            {k: v for k, v in values.items() if k not in SERVING_KEYS})
+
+
 def cmd_predict(args) -> None:
+    from mcls.infer.serving import Serving
     from mcls.infer.submission import predict_folder, write_submission
 
-    cfg = _config(args)
-    tta = None if args.tta is None else args.tta == "on"
-    persons = None if args.persons is None else args.persons == "on"
-    calibrate = None if args.calibration is None else args.calibration == "on"
+    overrides, other = prediction_keys(args, PREDICT_KEYS)
+    cfg = Config().updated(other)
     if len(args.run) > 1 and not args.out:
         raise SystemExit("an ensemble of runs (--run given more than once) needs --out: no single run folder owns it")
+    serving = Serving.resolve(args.run, overrides)
     if args.folder:
         out = args.out or str(Path(args.run[0]) / "predictions.csv")
-        print(predict_folder(args.folder, args.run, out, tta=tta, device=cfg.device, on_bad_image=cfg.on_bad_image,
-                             persons=persons, calibrate=calibrate))
+        print(predict_folder(args.folder, serving, out, device=cfg.device, on_bad_image=cfg.on_bad_image))
     else:
-        print(write_submission(cfg.data_dir, args.run, args.out, tta=tta, device=cfg.device, persons=persons,
-                               calibrate=calibrate))
+        print(write_submission(cfg.data_dir, serving, args.out, device=cfg.device))
 
 
 def cmd_calibrate(args) -> None:
     from mcls.train.run import calibrate
 
-    # the run's own config (its person_consistent decides how predictions are shared), plus any overrides
-    cfg = load_config(Path(args.run) / "config.yaml", args.overrides)
-    fit = calibrate(args.run, cfg)
+    # the run's own serving (its person_consistent decides how predictions are shared), plus any overrides
+    overrides, _ = prediction_keys(args, ())
+    fit = calibrate(args.run, overrides)
     if not fit:
         raise SystemExit(f"{args.run}: calibration needs validation predictions of 2 or more folds")
     print(json.dumps({k: v if isinstance(v, list) else round(v, 4) for k, v in fit.items()}, indent=2))
@@ -90,16 +116,17 @@ def cmd_runs(args) -> None:
 def cmd_demo(args) -> None:
     """Trains briefly on the shipped sample, predicts its eval images, and says where everything is."""
     from mcls.infer.submission import write_submission
+    from mcls.runs.layout import Run
     from mcls.train.run import train
 
     defaults = ["data_dir=data/sample", "run_dir=runs/demo", "epochs=2", "img_size=96", "n_folds=4"]
     cfg = load_config(args.config, defaults + args.overrides)
-    summary = train(cfg, resume=(Path(cfg.run_dir) / "config.yaml").exists())
+    summary = train(cfg, resume=Run(cfg.run_dir).config_file.exists())
     sub = write_submission(cfg.data_dir, cfg.run_dir, device=cfg.device)
     print(f"\nvalidation macro F1 {summary['f1']:.3f} (mask {summary['f1_mask']:.3f}, gender "
           f"{summary['f1_gender']:.3f}, age {summary['f1_age']:.3f}) on the sample's held-out persons")
     print(f"run folder:  {cfg.run_dir}  (config.yaml, fold*/metrics.csv, checkpoints, figures)")
-    print(f"figures:     {sorted(str(p) for p in Path(cfg.run_dir).glob('fold*/*.png'))}")
+    print(f"figures:     {sorted(str(p) for fold in Run(cfg.run_dir).folds for p in fold.dir.glob('*.png'))}")
     print(f"submission:  {sub}")
 
 
@@ -122,7 +149,6 @@ def cmd_pipeline(args) -> None:
 def cmd_cam(args) -> None:
     """CAM grids (PNG) and face-energy figures (cam_energy.json) for a trained run, written into the run folder."""
     from mcls.analysis.cam import inspect_run
-    from mcls.config import Config
 
     cfg = _config(args)
     # data_dir only re-roots image paths when given: by default the run's own val_predictions paths are used

@@ -72,6 +72,7 @@ class Config:
     # --- runtime ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision, used on CUDA only
+    amp_dtype: str = "auto"  # auto (bfloat16 where the GPU has it, else float16 + loss scaling) | bfloat16 | float16
     channels_last: str = "auto"  # auto (CUDA only) | on | off
     num_workers: int = 0
     compile: bool = False  # torch.compile the training model (needs a C++ compiler on CPU; slow first epoch)
@@ -85,7 +86,7 @@ class Config:
     smoke: bool = False  # tiny run for tests and first tries: 1 epoch, small images
     tracker: str = "none"  # none | mlflow
     # --- inspection (notebook 04, `mcls cam`) ---
-    cam_method: str = "gradcam"  # any name in mcls.cam.METHODS
+    cam_method: str = "gradcam"  # any name in mcls.analysis.cam.METHODS
     cam_images: int = 16  # images per GradCAM grid
 
     # ------------------------------------------------------------------ helpers
@@ -122,18 +123,12 @@ class Config:
         return new
 
     def _value_problems(self) -> list[str]:
-        choices = {
-            "on_bad_image": ("error", "skip"),
-            "crop": ("none", "mtcnn"),
-            "heads": ("multi", "single"),
-            "augment": ("none", "light", "strong", "robust"),
-            "channels_last": ("auto", "on", "off"),
-            "tracker": ("none", "mlflow"),
-            "age_head": ("band", "dist", "both"),
-            "sampler": ("uniform", "balanced"),
-            "mix": ("none", "vcutmix", "cutmix", "mixup"),
-            "pseudo_label": ("none", "eval", "validation"),
-        }
+        choices = {**registry_choices(),
+                   "on_bad_image": ("error", "skip"),
+                   "crop": ("none", "mtcnn"),
+                   "channels_last": ("auto", "on", "off"),
+                   "tracker": ("none", "mlflow"),
+                   "pseudo_label": ("none", "eval", "validation")}
         out = [f"{k}={getattr(self, k)!r} is not one of {v}" for k, v in choices.items() if getattr(self, k) not in v]
         if len(self.age_bounds) != 2 or self.age_bounds[0] >= self.age_bounds[1]:
             out.append(f"age_bounds={self.age_bounds} must be two increasing ages, e.g. [30, 60]")
@@ -188,6 +183,20 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def registry_choices() -> dict[str, tuple]:
+    """The valid values of the keys that name a registered piece, read from the registries that build them, so a
+    new loss, augmentation set, mixer, head or sampler is a valid key value once it is registered."""
+    from mcls.model.classifier import AGE_HEADS, HEAD_TYPES
+    from mcls.runtime.device import AMP_DTYPES
+    from mcls.train.augment import AUGMENTATIONS
+    from mcls.train.losses import LOSSES
+    from mcls.train.mixing import MIXES
+    from mcls.train.sampling import SAMPLERS
+
+    return {"heads": HEAD_TYPES, "age_head": AGE_HEADS, "amp_dtype": AMP_DTYPES, "augment": tuple(AUGMENTATIONS),
+            "loss": LOSSES, "mix": MIXES, "sampler": SAMPLERS}
+
+
 def read_yaml_keys(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """(the file found, its mapping of config keys) for a YAML path or a preset name; keys are checked by the
     Config they are applied to."""
@@ -223,6 +232,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     return cfg.updated(overrides or {})
+
+
+def given_values(config_file: str | Path | None, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters a notebook (a value that is not None) or its config_file sets; the others are not given, so
+    whatever they configure keeps its own value (the package default, or a trained run's config)."""
+    from_file = read_yaml_keys(config_file)[1] if config_file else {}
+    return {k: v if v is not None else from_file[k] for k, v in params.items() if v is not None or k in from_file}
 
 
 def notebook_config(config_file: str | Path | None, params: dict[str, Any]) -> Config:

@@ -1,9 +1,6 @@
 """Bad input: each case gets a clear error naming the file (or is converted), and nothing is lost."""
-import io
-import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from conftest import TINY

@@ -9,11 +9,14 @@ import pytest
 from conftest import ROOT, SAMPLE, TINY
 
 from mcls.config import Config
-from mcls.infer.calibration import FILE, apply_age_bias, fit_age_bias, load_age_bias
+from mcls.infer.calibration import apply_age_bias, fit_age_bias
+from mcls.infer.serving import age_bias_of
 from mcls.infer.submission import write_submission
 from mcls.labels import encode
 from mcls.metrics import macro_f1, score
 from mcls.model.classifier import head_probs
+from mcls.runs.layout import CALIBRATION as FILE
+from mcls.runs.layout import Run
 
 
 def shy_of_old_age(n, seed, shrink=np.exp(-1.2)):
@@ -90,7 +93,7 @@ def test_training_every_fold_fits_the_calibration(two_fold_run):
     assert summary["pc_f1"] == pytest.approx(record["f1_before"])  # fitted on what prediction serves
     val = pd.read_csv(run / "fold0" / "val_predictions.csv")
     assert "group" in val and val["group"].notna().all()
-    assert np.array_equal(load_age_bias(run / "fold1" / "best.pt"), load_age_bias(run))
+    assert np.array_equal(age_bias_of(Run.of_checkpoint(run / "fold1" / "best.pt")), age_bias_of(Run(run)))
 
 
 def test_prediction_applies_the_runs_calibration(two_fold_run, tmp_path):
@@ -99,11 +102,11 @@ def test_prediction_applies_the_runs_calibration(two_fold_run, tmp_path):
     record["age_log_bias"] = [0.0, 0.0, 30.0]  # overwhelming: every answer must become >=60
     (run / FILE).write_text(json.dumps(record))
     sub = pd.read_csv(write_submission(SAMPLE, run, out=tmp_path / "on.csv"))
-    off = pd.read_csv(write_submission(SAMPLE, run, out=tmp_path / "off.csv", calibrate=False))
+    off = pd.read_csv(write_submission(SAMPLE, run, out=tmp_path / "off.csv", overrides={"calibrate_age": False}))
     assert (sub["ans"] % 3 == 2).all() and not (off["ans"] % 3 == 2).all()
     # fitted on person-shared predictions: applying it to unshared ones is allowed, and said to be approximate
     with pytest.warns(UserWarning, match="fitted with person_consistent=True and is applied with False"):
-        write_submission(SAMPLE, run, out=tmp_path / "unshared.csv", persons=False)
+        write_submission(SAMPLE, run, out=tmp_path / "unshared.csv", overrides={"person_consistent": False})
 
 
 def test_calibrate_command_refits_and_single_fold_runs_are_left_alone(two_fold_run, trained_run):

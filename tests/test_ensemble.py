@@ -9,10 +9,11 @@ from conftest import ROOT
 
 from mcls.config import ConfigError, load_config
 from mcls.infer.persons import share_within_groups
-from mcls.infer.predictor import find_checkpoints, predict_paths
+from mcls.infer.predictor import predict_paths
+from mcls.infer.serving import Serving
 from mcls.infer.submission import predict_folder, write_submission
 from mcls.metrics import score
-from mcls.runs.layout import run_with_members
+from mcls.runs.layout import Run
 from mcls.train.members import member_configs
 from mcls.train.run import train
 
@@ -30,7 +31,7 @@ def test_a_run_with_members_trains_them_on_its_folds_and_predicts_their_average(
     cfg = tiny_cfg.updated({"members": [other], "fold": -1})
     summary = train(cfg)
     run = tmp_path / "run"
-    assert run_with_members(run) == [run, run / "members" / "small"]
+    assert Run.open(run).with_members == [Run(run), Run(run / "members" / "small")]
     member_cfg = load_config(run / "members" / "small" / "config.yaml")
     assert (member_cfg.img_size, member_cfg.train_seed, member_cfg.members) == (40, 3, [])
     # a member is the same model as a run trained alone with its keys, so ensembles that bench/quality.py scores
@@ -42,9 +43,9 @@ def test_a_run_with_members_trains_them_on_its_folds_and_predicts_their_average(
     # ens_f1: the two runs' validation probabilities averaged per fold, shared within the run's blind groups
     f1 = []
     for k in range(cfg.n_folds):
-        a, b = (pd.read_csv(r / f"fold{k}" / "val_predictions.csv") for r in (run, run / "members" / "small"))
+        (a, pa), (b, pb) = (Run(r).fold(k).oof(tta=True) for r in (run, run / "members" / "small"))
         assert a["path"].tolist() == b["path"].tolist()
-        mean = (a[PROBS].to_numpy() + b[PROBS].to_numpy()) / 2
+        mean = (pa + pb) / 2
         f1.append(score(a["label"], share_within_groups(mean, a["group"].to_numpy()))["f1"])
     assert summary["ens_folds"] == list(range(cfg.n_folds))
     assert summary["ens_f1"] == pytest.approx(np.mean(f1), abs=1e-4)
@@ -55,11 +56,11 @@ def test_a_run_with_members_trains_them_on_its_folds_and_predicts_their_average(
 
     # prediction of the run folder averages the run's fold models and the member's
     folder = sample_dir / "eval" / "images"
-    opts = dict(persons=False, calibrate=False)
+    opts = dict(overrides={"person_consistent": False, "calibrate_age": False})
     both = pd.read_csv(predict_folder(folder, run, tmp_path / "both.csv", **opts))
     paths = both["path"].tolist()
-    alone = predict_paths(paths, find_checkpoints(run), persons=False)[0]
-    member = predict_paths(paths, find_checkpoints(run / "members" / "small"), persons=False)[0]
+    alone = predict_paths(paths, Serving.resolve(run, opts["overrides"], members=False))[0]
+    member = predict_paths(paths, Serving.resolve(run / "members" / "small", opts["overrides"]))[0]
     assert np.allclose(both[PROBS].to_numpy(), (alone + member) / 2, atol=2e-5)
     # naming the member again adds nothing twice
     named = predict_folder(folder, [run, run / "members" / "small"], tmp_path / "named.csv", **opts)
@@ -67,7 +68,8 @@ def test_a_run_with_members_trains_them_on_its_folds_and_predicts_their_average(
     # the run folder owns the ensemble's submission; runs named together have no fitted calibration
     assert write_submission(sample_dir, run) == run / "submission.csv"
     with pytest.raises(ValueError, match="calibration off"):
-        write_submission(sample_dir, [run, tmp_path / "alone"], out=tmp_path / "s.csv", calibrate=True)
+        write_submission(sample_dir, [run, tmp_path / "alone"], out=tmp_path / "s.csv",
+                         overrides={"calibrate_age": True})
 
 
 def test_members_may_not_change_the_folds_or_repeat_a_name(tiny_cfg, tmp_path):
@@ -90,7 +92,7 @@ def test_a_run_whose_members_are_unfinished_says_so(tiny_cfg, tmp_path):
     # as if training stopped before the member started: the run names a member that has no folder yet
     saved.write_text(saved.read_text().replace("members: []", "members:\n- member-plain"))
     with pytest.raises(FileNotFoundError, match=r"member run\(s\) \['member-plain'\] not trained yet"):
-        run_with_members(tmp_path / "run")
+        Run.open(tmp_path / "run").members
 
 
 # member preset -> the bench/quality.py variant it is (trained on the same folds with the same keys)
@@ -121,7 +123,9 @@ def test_member_presets_are_the_variants_the_benchmark_measured(quality, tmp_pat
     assert all(m.seed == quality_cfg.seed for _, m in member_configs(quality_cfg))
 
 
-def test_ensemble_selection_adds_a_helpful_model_and_stops_before_a_harmful_one(quality):
+def test_ensemble_selection_adds_a_helpful_model_and_stops_before_a_harmful_one(quality, tmp_path):
+    from mcls.runs.layout import FLIP_COLUMNS
+
     rng = np.random.default_rng(0)
 
     def model(labels, wrong, confidence):
@@ -131,7 +135,20 @@ def test_ensemble_selection_adds_a_helpful_model_and_stops_before_a_harmful_one(
         return probs
 
     labels = {k: rng.integers(0, 18, 400) for k in (0, 1)}
-    pool = {name: {k: (labels[k], model(labels[k], wrong, conf)) for k in labels}
-            for name, wrong, conf in (("default", 0.4, 0.6), ("good", 0.1, 0.9), ("noise", 1.0, 0.95))}
-    groups = {k: np.arange(400) for k in labels}  # every image its own person: sharing changes nothing
-    assert quality.select_members(pool, [0, 1], groups) == ["default", "good"]
+    pool = {}
+    for name, wrong, conf in (("default", 0.4, 0.6), ("good", 0.1, 0.9), ("noise", 1.0, 0.95)):
+        run = Run(tmp_path / name)  # a run folder as training leaves it, scored through the package's serving
+        run.path.mkdir()
+        run.config_file.write_text("tta: true\n")
+        for k, y in labels.items():
+            probs = model(y, wrong, conf)
+            run.fold(k).dir.mkdir()
+            run.fold(k).best.write_bytes(b"")
+            # every image its own person: sharing changes nothing
+            table = pd.DataFrame({"person": np.arange(400).astype(str), "path": [f"{k}/{i}.jpg" for i in range(400)],
+                                  "label": y, "group": np.arange(400), "pred": probs.argmax(1)})
+            table[PROBS] = probs
+            table[FLIP_COLUMNS] = probs
+            table.to_csv(run.fold(k).predictions, index=False)
+        pool[name] = run.path
+    assert quality.select_members(pool, [0, 1]) == ["default", "good"]

@@ -96,6 +96,7 @@ def test_second_run_is_served_from_the_cache(canvases, tmp_path, count_detection
 def test_training_and_prediction_see_the_same_crop(canvases, tmp_path):
     from mcls.data.dataset import ImageArrayDataset, make_loader
     from mcls.infer.predictor import predict_paths, predict_probs
+    from mcls.infer.serving import Serving
     from mcls.model.classifier import create_model
     from mcls.runtime.device import Runtime
 
@@ -113,8 +114,8 @@ def test_training_and_prediction_see_the_same_crop(canvases, tmp_path):
     model = create_model("test_efficientnet", pretrained="none").eval()
     ckpt = tmp_path / "best.pt"
     torch.save({"model": model.state_dict(), "config": cfg.to_dict()}, ckpt)
-    probs, _ = predict_paths(paths, [ckpt], device="cpu")
-    expected = predict_probs(model, make_loader(ImageArrayDataset(images), 8, train=False), Runtime(cfg))
+    probs = predict_paths(paths, Serving.resolve(ckpt), device="cpu")[0]
+    expected = predict_probs(model, make_loader(ImageArrayDataset(images), 8, train=False), Runtime.from_config(cfg))
     np.testing.assert_allclose(probs, expected, atol=1e-5)
 
 

@@ -20,13 +20,14 @@ def test_submission_rows_follow_info_csv(trained_run, sample_dir):
 
 def test_submission_matches_per_image_prediction(trained_run, sample_dir):
     """Each row's answer is that very image's prediction: a shuffled loader would break this."""
-    sub = pd.read_csv(write_submission(sample_dir, trained_run, out=trained_run / "s.csv", tta=False))
+    sub = pd.read_csv(write_submission(sample_dir, trained_run, out=trained_run / "s.csv",
+                                       overrides={"tta": False}))
     model, cfg = load_checkpoint(trained_run / "fold0" / "best.pt")
     from mcls.data.images import load_resized
 
     for image_id, ans in zip(sub["ImageID"][:5], sub["ans"][:5]):
         image = load_resized(sample_dir / "eval" / "images" / image_id, cfg.img_size)[None]
-        probs = predict_probs(model, make_loader(ImageArrayDataset(image), 1, train=False), Runtime(cfg))
+        probs = predict_probs(model, make_loader(ImageArrayDataset(image), 1, train=False), Runtime.from_config(cfg))
         assert probs.argmax() == ans
 
 
@@ -48,7 +49,7 @@ def test_prediction_scores_every_row_with_partial_last_batch():
 
     images = np.random.default_rng(0).integers(0, 255, (37, 32, 32, 3), dtype=np.uint8)
     probs = predict_probs(create_model("test_efficientnet", pretrained="none"),
-                          make_loader(ImageArrayDataset(images), 8, train=False), Runtime(Config()), tta=True)
+                          make_loader(ImageArrayDataset(images), 8, train=False), Runtime(), tta=True)
     assert probs.shape == (37, 18) and np.allclose(probs.sum(1), 1, atol=1e-4)
 
 
@@ -75,14 +76,16 @@ def test_person_consistent_prediction_answers_gender_and_age_once_per_blind_grou
     from mcls.data.images import load_images
     from mcls.data.table import load_train_table
     from mcls.infer.persons import face_embeddings, group_images
-    from mcls.infer.predictor import find_checkpoints, predict_paths
+    from mcls.infer.predictor import predict_paths
+    from mcls.infer.serving import Serving
     from mcls.labels import decode
+    from mcls.runs.layout import Run
 
     table = load_train_table(sample_dir)
     paths = table[table["person"].isin(table["person"].unique()[:6])]["path"]  # 6 persons x 7 photos
-    probs, _ = predict_paths(paths, find_checkpoints(trained_run), persons=True)
+    probs = predict_paths(paths, Serving.resolve(trained_run, {"person_consistent": True}))[0]
     _, gender, age = decode(probs.argmax(1))
-    cfg = load_checkpoint(find_checkpoints(trained_run)[0])[1]
+    cfg = load_checkpoint(Run.open(trained_run).checkpoints()[0])[1]
     groups = group_images(face_embeddings(load_images(paths, cfg.img_size)[0]), cfg.group_threshold)
     per_group = pd.DataFrame({"g": groups, "gender": gender, "age": age}).groupby("g").nunique()
     assert (per_group == 1).all().all() and len(per_group) < len(paths) / 2
@@ -91,13 +94,12 @@ def test_person_consistent_prediction_answers_gender_and_age_once_per_blind_grou
 def test_an_ensemble_of_runs_averages_each_run_at_its_own_size(trained_run, sample_dir, tmp_path):
     from conftest import TINY
 
-    from mcls.config import Config
     from mcls.train.run import train
 
     other = tmp_path / "other"  # another size and seed on the same folds
     train(Config(data_dir=str(sample_dir), run_dir=str(other), **{**TINY, "img_size": 64, "train_seed": 3}))
     folder = sample_dir / "eval" / "images"
-    opts = dict(persons=False, calibrate=False)
+    opts = dict(overrides={"person_consistent": False, "calibrate_age": False})
     probs = {}
     for name, run in (("a", trained_run), ("b", other), ("ab", [trained_run, other])):
         out = predict_folder(folder, run, tmp_path / f"{name}.csv", **opts)
@@ -108,6 +110,6 @@ def test_an_ensemble_of_runs_averages_each_run_at_its_own_size(trained_run, samp
     with pytest.raises(ValueError, match="--out"):
         write_submission(sample_dir, [trained_run, other])
     with pytest.raises(ValueError, match="calibration off"):
-        write_submission(sample_dir, [trained_run, other], out=tmp_path / "s.csv", calibrate=True)
+        write_submission(sample_dir, [trained_run, other], out=tmp_path / "s.csv", overrides={"calibrate_age": True})
     sub = pd.read_csv(write_submission(sample_dir, [trained_run, other], out=tmp_path / "s.csv"))
     assert list(sub["ImageID"]) == list(pd.read_csv(sample_dir / "eval" / "info.csv")["ImageID"])

@@ -10,7 +10,6 @@ from sklearn.metrics import adjusted_rand_score
 
 from mcls.analysis.robustness import SHIFTS, shifted
 from mcls.config import Config
-from mcls.data.dataset import epoch_order
 from mcls.infer.persons import face_embeddings, group_images, share_within_groups
 from mcls.model.checkpoint import load_checkpoint
 from mcls.model.classifier import AGE_BINS, class_log_probs, create_model
@@ -19,6 +18,7 @@ from mcls.train.augment import AUGMENTATIONS
 from mcls.train.losses import AgeDistributionLoss
 from mcls.train.mixing import MIXES, BatchMixer
 from mcls.train.run import load_training_data, train
+from mcls.train.sampling import epoch_order
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ def test_pseudo_teacher_must_have_the_fold(trained_run, tmp_path):
 
 
 def test_an_epoch_keeps_every_person_and_k_of_their_masked_photos():
-    from mcls.data.dataset import epoch_rows
+    from mcls.train.sampling import epoch_rows
 
     persons = np.repeat(np.arange(10), 7)
     mask = np.tile([0, 0, 0, 0, 0, 1, 2], 10)

@@ -33,6 +33,7 @@ from mcls.analysis.plots import image_grid
 from mcls.io import write_json
 from mcls.labels import GENDERS, HEAD_SIZES, HEADS, MASK_STATES, NUM_CLASSES, age_band_names, decode
 from mcls.model.classifier import class_log_probs
+from mcls.runs.layout import Run
 
 METHODS = {
     "gradcam": GradCAM,
@@ -235,15 +236,12 @@ def validation_table(run_dir: str | Path, data_dir: str | Path | None = None) ->
 
     With data_dir, image paths are re-rooted there (a run trained elsewhere): <data_dir>/train/images/<person>/<file>.
     """
-    parts = []
-    for csv in sorted(Path(run_dir).glob("fold*/val_predictions.csv")):
-        if (csv.parent / "best.pt").is_file():
-            df = pd.read_csv(csv, dtype={"person": str})
-            df["fold"] = int(csv.parent.name.removeprefix("fold"))
-            parts.append(df)
-    if not parts:
-        raise FileNotFoundError(f"{run_dir}: no fold*/val_predictions.csv beside a best.pt (train the run first)")
-    table = pd.concat(parts, ignore_index=True)
+    from mcls.infer.serving import Serving
+
+    # each image explained by its own fold's model: the run alone, as it scores its validation folds
+    serving = Serving.resolve(run_dir, {"person_consistent": False, "calibrate_age": False}, members=False)
+    table, probs = serving.oof_table()
+    table["pred"] = probs.argmax(1)
     if data_dir is not None:
         table["path"] = [str(Path(data_dir, "train", "images", *Path(p).parts[-2:])) for p in table["path"]]
     for i, head in enumerate(HEADS):
@@ -325,7 +323,7 @@ def inspect_run(run_dir: str | Path, data_dir: str | Path | None = None, method:
     cfg = None
     tiles, shares = {}, {h: [] for h in HEADS}
     for fold, rows in table.groupby("fold"):
-        model, fold_cfg = load_checkpoint(run_dir / f"fold{fold}" / "best.pt", dev)
+        model, fold_cfg = load_checkpoint(Run(run_dir).fold(fold).best, dev)
         if cfg is None:
             cfg = fold_cfg
             grids = _plan_grids(table, head_class_names(cfg.age_bounds), n, per_class, person, rng)

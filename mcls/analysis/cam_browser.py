@@ -8,6 +8,7 @@ import pandas as pd
 from mcls.analysis.cam import METHODS, _load_as_trained, cam_maps, head_class_names, overlay, validation_table
 from mcls.analysis.plots import image_grid
 from mcls.model.checkpoint import load_checkpoint
+from mcls.runs.layout import Run
 
 
 def cam_grid(run_dir: str | Path, table: pd.DataFrame, head: str, cls: int, correct: bool, method: str = "gradcam",
@@ -17,7 +18,7 @@ def cam_grid(run_dir: str | Path, table: pd.DataFrame, head: str, cls: int, corr
     rows = table[(table[f"{head}_true"] == cls) & ((table[f"{head}_pred"] == cls) == correct)].head(n)
     tiles, captions = [], []
     for fold, part in rows.groupby("fold"):
-        model, cfg = load_checkpoint(Path(run_dir) / f"fold{fold}" / "best.pt", device)
+        model, cfg = load_checkpoint(Run(run_dir).fold(fold).best, device)
         names = head_class_names(cfg.age_bounds)[head]
         images = _load_as_trained(part["path"], cfg, device)
         maps = cam_maps(model, images, head, part[f"{head}_pred"].tolist(), method)

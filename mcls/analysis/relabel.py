@@ -37,15 +37,19 @@ def load_oof(source: str | Path, table: pd.DataFrame) -> np.ndarray:
     Each validation fold was scored by the model that did not train on it; a run with fold=-1 covers every image.
     Rows the source did not score are NaN (the finder then skips those persons' model checks).
     """
+    from mcls.infer.serving import Serving
+
     source = Path(source)
-    files = [source] if source.is_file() else sorted(source.glob("fold*/val_predictions.csv"))
-    if not files:
-        raise FileNotFoundError(f"{source}: no fold*/val_predictions.csv (train with fold=-1 for every person)")
-    pred = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    if source.is_file():
+        pred = pd.read_csv(source)
+        probs = pred[PROB_COLUMNS].to_numpy(dtype=float)
+    else:  # the run's own models as they scored their validation folds, not shared between images
+        serving = Serving.resolve(source, {"person_consistent": False, "calibrate_age": False}, members=False)
+        pred, probs = serving.oof_table()
+        probs = probs.astype(float)
     key = pred["path"].map(lambda p: str(Path(p).resolve()))
     if key.duplicated().any():
         raise ValueError(f"{source}: some images were scored more than once; not out-of-fold predictions")
-    probs = pred[PROB_COLUMNS].to_numpy(dtype=float)
     row = dict(zip(key, range(len(pred))))
     out = np.full((len(table), NUM_CLASSES), np.nan)
     for i, p in enumerate(table["path"]):
@@ -100,12 +104,11 @@ def embed(paths, backbone: str = "tf_efficientnet_lite0", size: int = 224, devic
     (features, indices of unreadable images)."""
     import torch
 
-    from mcls.config import Config
     from mcls.data.images import load_images
     from mcls.model.classifier import create_model
     from mcls.runtime.device import Runtime
 
-    rt = Runtime(Config(device=device))
+    rt = Runtime(device)
     model = rt.prepare(create_model(backbone, pretrained="offline", drop_rate=0.0)).eval()
     images, bad = load_images(paths, size, on_bad_image="skip", crop=crop)
     out = []

@@ -9,19 +9,14 @@ estimate: the bias scored on each fold is fitted on the other folds only.
 from __future__ import annotations
 
 import itertools
-import json
-import warnings
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from mcls.infer.persons import share_within_groups
 from mcls.io import write_json
-from mcls.labels import NUM_CLASSES, PROB_COLUMNS
+from mcls.labels import NUM_CLASSES
 from mcls.metrics import macro_f1, score
+from mcls.runs.layout import Run
 
-FILE = "calibration.json"
 # Log-prior offsets tried for <30 and >=60 (30-59 is the reference, 0). Coarse on purpose: two numbers fitted to
 # a few hundred persons; finer steps chase fold noise.
 GRID_YOUNG = np.round(np.arange(-1.0, 1.001, 0.1), 2)
@@ -74,72 +69,16 @@ def summarise(fit: dict) -> dict:
     return out
 
 
-def fold_predictions(runs, person_consistent: bool) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """{fold: (labels, probs as served)} from each fold's val_predictions.csv of a run, or of several runs on the
-    same folds averaged (a run and its ensemble members), over the folds every run finished; shared within the
-    first run's blind groups when the run predicts person-consistently."""
-    runs = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
-    tables = [{fold_number(p): (p, pd.read_csv(p)) for p in sorted(r.glob("fold*/val_predictions.csv"))} for r in runs]
-    out = {}
-    for k in sorted(set.intersection(*(set(t) for t in tables))):
-        path, first = tables[0][k]
-        probs = []
-        for t in tables:
-            other_path, other = t[k]
-            other = other.set_index("path").reindex(first["path"])
-            if other[PROB_COLUMNS].isna().any().any():
-                raise ValueError(f"{other_path}: validation images differ from {path}; members must share data and "
-                                 "folds")
-            probs.append(other[PROB_COLUMNS].to_numpy(np.float32))
-        mean = np.mean(probs, axis=0)
-        if person_consistent:
-            if "group" not in first:
-                raise ValueError(f"{path}: no 'group' column (written before person groups were saved); "
-                                 "re-run the fold, or calibrate with person_consistent=false")
-            mean = share_within_groups(mean, first["group"].to_numpy())
-        out[k] = (first["label"].to_numpy(), mean)
-    return out
-
-
-def fold_number(path: str | Path) -> int:
-    """k of a file inside a run's fold<k>/ folder."""
-    return int(Path(path).parent.name.removeprefix("fold"))
-
-
-def calibrate_run(run_dir: str | Path, person_consistent: bool, runs: list | None = None) -> dict | None:
-    """Fits the run's age bias on its folds' validation predictions (with `runs`, the run and its ensemble members:
-    on their average, which is what the run serves) into <run>/calibration.json; None (and no file) with fewer
-    than two folds."""
-    runs = [run_dir] if runs is None else runs
-    folds = fold_predictions(runs, person_consistent)
+def calibrate_run(run: Run, serving) -> dict | None:
+    """Fits the run's age bias on its folds' out-of-fold predictions as `serving` (without a bias) serves them: for
+    a run with members, their average, which is what the run serves. Writes the run's calibration.json; None (and
+    no file) with fewer than two folds."""
+    folds = serving.oof()
     if len(folds) < 2:
         return None
-    fit = fit_age_bias(list(folds.values()))
-    about = {"runs": [str(r) for r in runs]} if len(runs) > 1 else {}
-    record = {**summarise(fit), "folds": list(folds), "person_consistent": person_consistent, **about,
+    fit = fit_age_bias([(f.labels, f.probs) for f in folds.values()])
+    about = {"runs": [str(r.path) for r in serving.runs]} if len(serving.runs) > 1 else {}
+    record = {**summarise(fit), "folds": list(folds), "person_consistent": serving.person_consistent, **about,
               "in_sample_f1": fit["in_sample_f1"], "nested": fit["nested"]}
-    write_json(Path(run_dir) / FILE, record)
+    write_json(run.calibration_file, record)
     return record
-
-
-def load_age_bias(run: str | Path, persons: bool | None = None) -> np.ndarray | None:
-    """The bias fitted for a run folder (or for the run a fold checkpoint belongs to); None if never fitted.
-    `persons`: whether the predictions it is applied to are shared within person groups; a bias fitted the other
-    way is still returned, with a warning that it only approximates the fitted one there."""
-    run = Path(run)
-    if run.is_file():  # runs/<run>/fold<k>/best.pt
-        run = run.parent.parent if run.parent.name.startswith("fold") else run.parent
-    path = run / FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-        bias = np.asarray(record["age_log_bias"], dtype=np.float64)
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"{path}: not a calibration record ({err})") from None
-    fitted = record.get("person_consistent")
-    if persons is not None and fitted is not None and fitted != persons:
-        warnings.warn(f"{path}: the age bias was fitted with person_consistent={fitted} and is applied with "
-                      f"{persons}: an approximation there (refit with `mcls calibrate --run {run} "
-                      f"person_consistent={str(persons).lower()}`)", stacklevel=2)
-    return bias

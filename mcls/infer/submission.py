@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from mcls.data.table import list_images, load_eval_table
-from mcls.infer.predictor import _predict, as_runs, run_members
+from mcls.infer.predictor import predict_paths
+from mcls.infer.serving import Serving
 from mcls.io import keep_previous, write_csv
 from mcls.labels import GENDERS, MASK_STATES, NUM_CLASSES, PROB_COLUMNS, age_band_names, decode
 
@@ -37,24 +38,26 @@ def check_submission(sub: pd.DataFrame, info: pd.DataFrame, where: str = "submis
 
 
 
-def write_submission(data_dir: str | Path, run, out: str | Path | None = None, tta: bool | None = None,
-                     device: str = "auto", persons: bool | None = None, calibrate: bool | None = None) -> Path:
-    """Predicts eval/info.csv with the run's fold ensemble (or several runs' ensembles averaged); writes
-    `ImageID,ans` in info.csv's exact order."""
-    runs = as_runs(run)
-    if len(runs) > 1 and out is None:
+def served(run, overrides: dict | None = None) -> Serving:
+    """A Serving as given, or the one resolved for a run (or runs) with serving-key overrides."""
+    return run if isinstance(run, Serving) else Serving.resolve(run, overrides)
+
+
+def write_submission(data_dir: str | Path, run, out: str | Path | None = None, device: str = "auto",
+                     overrides: dict | None = None) -> Path:
+    """Predicts eval/info.csv as the run (a Serving, or a run folder / several resolved with `overrides`) serves it;
+    writes `ImageID,ans` in info.csv's exact order, into <run>/submission.csv unless `out` is given."""
+    serving = served(run, overrides)
+    if out is None and serving.several_runs:
         raise ValueError("an ensemble of runs needs an output path (--out): no single run folder owns it")
-    members, age_bias_for = run_members(runs, calibrate)
     info = load_eval_table(data_dir)
-    probs = _predict(info["path"], members, tta, device, None, "error", persons, age_bias_for)[0]
+    probs = predict_paths(info["path"], serving, device)[0]
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": probs.argmax(1).astype(int)})
-    run_dir = runs[0] if runs[0].is_dir() else runs[0].parent
-    out = Path(out) if out else run_dir / "submission.csv"
+    out = Path(out) if out else serving.runs[0].submission_file
     check_submission(sub, info, str(out))
     keep_previous(out, sub.to_csv(index=False))
     write_csv(out, sub)
     return out
-
 
 
 def predictions_table(paths, probs: np.ndarray, age_bounds=(30, 60)) -> pd.DataFrame:
@@ -69,14 +72,13 @@ def predictions_table(paths, probs: np.ndarray, age_bounds=(30, 60)) -> pd.DataF
 
 
 
-def predict_folder(folder: str | Path, run, out: str | Path, tta: bool | None = None,
-                   device: str = "auto", on_bad_image: str = "error", persons: bool | None = None,
-                   calibrate: bool | None = None) -> Path:
-    """Predicts every image under `folder` into a CSV with one run or several (averaged); unreadable files are
+def predict_folder(folder: str | Path, run, out: str | Path, device: str = "auto", on_bad_image: str = "error",
+                   overrides: dict | None = None) -> Path:
+    """Predicts every image under `folder` into a CSV as the run (or runs, averaged) serves it; unreadable files are
     listed (skip) or stop the run (error)."""
-    members, age_bias_for = run_members(as_runs(run), calibrate)
+    serving = served(run, overrides)
     paths = list_images(folder)
-    probs, bad, cfg = _predict(paths, members, tta, device, None, on_bad_image, persons, age_bias_for)
+    probs, bad, cfg = predict_paths(paths, serving, device, on_bad_image=on_bad_image)
     keep = np.setdiff1d(np.arange(len(paths)), bad)
     write_csv(out, predictions_table([paths[i] for i in keep], probs[keep], cfg.age_bounds))
     return Path(out)

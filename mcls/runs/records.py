@@ -12,6 +12,7 @@ import pandas as pd
 from mcls import __version__
 from mcls.config import Config
 from mcls.io import write_json, write_text
+from mcls.runs.layout import Run
 
 
 class RunExistsError(FileExistsError):
@@ -28,7 +29,7 @@ def open_run(cfg: Config, resume: bool = False) -> tuple[Config, Path]:
     On resume the saved config wins, so a resumed run continues exactly what was started.
     """
     run_dir = new_run_dir(cfg)
-    saved = run_dir / "config.yaml"
+    saved = Run(run_dir).config_file
     if saved.exists():
         if not resume:
             raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, "
@@ -64,7 +65,7 @@ def write_run_info(run_dir: Path, fingerprint: str, n_images: int, extra: dict |
             "data_fingerprint": fingerprint, "n_images": n_images, "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.machine(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, **(extra or {})}
-    path = run_dir / "run_info.json"
+    path = Run(run_dir).info_file
     if path.exists():  # a resumed run: the record of how it started stays, each resume is added to it
         first = json.loads(path.read_text())
         resumes = first.pop("resumes", [])
@@ -78,14 +79,12 @@ def write_run_info(run_dir: Path, fingerprint: str, n_images: int, extra: dict |
 def list_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:
     """One row per run with its key metrics and the config keys that differ between the runs."""
     rows, configs = [], []
-    for cfg_path in sorted(Path(runs_dir).glob("*/config.yaml")):
-        run = cfg_path.parent
-        cfg = Config.from_yaml(cfg_path).to_dict()
-        summary = run / "summary.json"
-        metrics = json.loads(summary.read_text()) if summary.exists() else {}
-        info = run / "run_info.json"
-        fp = json.loads(info.read_text()).get("data_fingerprint") if info.exists() else None
-        rows.append({"run": run.name, "data": fp, **{k: metrics.get(k) for k in ("f1", "pc_f1", "cal_f1", "ens_f1", "f1_mask",
+    found = sorted(Path(runs_dir).iterdir()) if Path(runs_dir).is_dir() else []
+    for run in [Run(d) for d in found if Run(d).config_file.is_file()]:
+        cfg = run.config.to_dict()
+        metrics = run.summary
+        fp = json.loads(run.info_file.read_text()).get("data_fingerprint") if run.info_file.exists() else None
+        rows.append({"run": run.path.name, "data": fp, **{k: metrics.get(k) for k in ("f1", "pc_f1", "cal_f1", "ens_f1", "f1_mask",
                                                                                     "f1_gender", "f1_age", "f1_old",
                                                                                     "folds")}})
         configs.append(cfg)

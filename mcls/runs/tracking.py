@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from mcls.config import Config
+from mcls.runs.layout import Run
 
 
 def log_run(cfg: Config, run_dir: str | Path) -> str | None:
@@ -23,15 +24,15 @@ def log_run(cfg: Config, run_dir: str | Path) -> str | None:
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     mlflow.set_tracking_uri((run_dir.parent / "mlruns").as_uri())
     mlflow.set_experiment("mcls")
-    with mlflow.start_run(run_name=run_dir.name) as run:
+    with mlflow.start_run(run_name=run_dir.name) as tracked:
         mlflow.log_params({k: str(v) for k, v in cfg.to_dict().items()})
-        for metrics_csv in sorted(run_dir.glob("fold*/metrics.csv")):
-            fold = metrics_csv.parent.name
-            for row in pd.read_csv(metrics_csv).to_dict("records"):
-                mlflow.log_metrics({f"{fold}/{k}": float(v) for k, v in row.items() if k != "epoch"},
+        run = Run(run_dir)
+        for fold in run.folds:
+            for row in pd.read_csv(fold.metrics).to_dict("records"):
+                mlflow.log_metrics({f"{fold.dir.name}/{k}": float(v) for k, v in row.items() if k != "epoch"},
                                    step=int(row["epoch"]))
-        summary = json.loads((run_dir / "summary.json").read_text())
-        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
-        for path in [run_dir / "config.yaml", run_dir / "run_info.json", *sorted(run_dir.glob("fold*/*.png"))]:
+        mlflow.log_metrics({k: v for k, v in run.summary.items() if isinstance(v, float)})
+        figures = [p for fold in run.folds for p in sorted(fold.dir.glob("*.png"))]
+        for path in [run.config_file, run.info_file, *figures]:
             mlflow.log_artifact(str(path), artifact_path=path.parent.name if path.parent != run_dir else None)
-        return run.info.run_id
+        return tracked.info.run_id

@@ -7,7 +7,6 @@ import random
 import numpy as np
 import torch
 
-from mcls.config import Config
 from mcls.runtime import distributed
 
 
@@ -23,18 +22,35 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 
-class Runtime:
-    """Device, mixed precision and memory format, decided once from the config."""
+AMP_DTYPES = ("auto", "bfloat16", "float16")
 
-    def __init__(self, cfg: Config):
-        self.device = select_device(cfg.device)
+
+class Runtime:
+    """Device, mixed precision and memory format, decided once. AMP and channels_last act on CUDA only; `amp_dtype`
+    auto takes bfloat16 where the GPU has it, else float16, which trains with a loss scaler."""
+
+    def __init__(self, device: str = "auto", amp: bool = True, channels_last: str = "auto", amp_dtype: str = "auto"):
+        self.device = select_device(device)
         cuda = self.device.type == "cuda"
         self.amp_dtype = None
-        if cuda and cfg.amp:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
+        if cuda and amp:
+            if amp_dtype == "auto":
+                amp_dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            self.amp_dtype = getattr(torch, amp_dtype)
+        self.channels_last = channels_last == "on" or (channels_last == "auto" and cuda)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.pin_memory = cuda
+
+    @classmethod
+    def from_config(cls, cfg) -> "Runtime":
+        return cls(cfg.device, cfg.amp, cfg.channels_last, cfg.amp_dtype)
+
+    def describe(self) -> str:
+        """One line for logs: where and how the model runs."""
+        amp = f"AMP {str(self.amp_dtype).removeprefix('torch.')}" if self.amp_dtype is not None else "no AMP"
+        scaler = " + loss scaling" if self.scaler.is_enabled() else ""
+        memory = ", channels_last" if self.channels_last else ""
+        return f"{self.device} ({amp}{scaler}{memory})"
 
     def eval_batch(self, train_batch: int) -> int:
         """Images per inference forward pass, flipped TTA copies included. On CPU larger batches are slower per

@@ -2,10 +2,10 @@
 scores and evidence."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,19 +13,22 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mcls.config import Config
-from mcls.data.dataset import ImageArrayDataset, epoch_order, epoch_rows, make_loader, targets_of
+from mcls.data.dataset import ImageArrayDataset, make_loader, targets_of
 from mcls.infer.predictor import predict_dataset
+from mcls.infer.serving import Serving
 from mcls.io import save_torch, write_csv, write_json
 from mcls.labels import PROB_COLUMNS
 from mcls.metrics import confusion, score
 from mcls.model.checkpoint import load_checkpoint
 from mcls.model.classifier import model_from_config
+from mcls.runs.layout import FLIP_COLUMNS, Fold
 from mcls.runtime import distributed
 from mcls.runtime.device import Runtime, seed_everything
 from mcls.runtime.progress import progress
 from mcls.train.augment import create_train_transform
 from mcls.train.losses import TaskLoss
 from mcls.train.mixing import BatchMixer
+from mcls.train.sampling import epoch_order, epoch_rows
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ def lr_lambda(warmup_steps: int, total_steps: int):
 
 
 def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images: np.ndarray,
-        val_images: np.ndarray, out_dir: str | Path, resume: bool = False, extra=None) -> dict:
+        val_images: np.ndarray, out: Fold, resume: bool = False, extra=None) -> dict:
     """Trains one fold, validating every epoch; writes metrics.csv, last.pt, best.pt and val predictions.
 
     `extra` = (images, targets) joins training only (pseudo-labelled images; targets in TARGET_COLUMNS order).
@@ -78,8 +81,8 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
     last.pt ends exactly as an uninterrupted one would (on CPU). Under torchrun every rank runs this; rank 0
     alone writes files.
     """
-    out_dir = Path(out_dir)
-    rt = Runtime(cfg)
+    rt = Runtime.from_config(cfg)
+    log.info("fold %s on %s", out.k, rt.describe())
     seed_everything(cfg.training_seed)
     net = rt.prepare(model_from_config(cfg))
     model = distributed.wrap(net, rt.device, cfg.sync_bn)
@@ -104,11 +107,10 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
     train_ds = ImageArrayDataset(train_images, train_targets, create_train_transform(cfg.augment))
     val_ds = ImageArrayDataset(val_images, targets_of(val_df))
     state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if distributed.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
-    if resume and last_path.exists():
-        ckpt = torch.load(last_path, map_location=rt.device, weights_only=False)
+        out.dir.mkdir(parents=True, exist_ok=True)
+    if resume and out.last.exists():
+        ckpt = torch.load(out.last, map_location=rt.device, weights_only=False)
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -116,7 +118,7 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
         state = ckpt["state"]
-        log.info("resumed %s after epoch %d", out_dir, state["epoch"])
+        log.info("resumed %s after epoch %d", out.dir, state["epoch"])
 
     val_labels = val_df["label"].to_numpy()
     sampler = distributed.GlobalBatchSampler(cfg.batch_size)
@@ -148,45 +150,49 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
         state["epoch"] = epoch + 1
         if distributed.is_main():
             if improved:
-                save_torch(best_path, {"model": scored.state_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
+                save_torch(out.best, {"model": scored.state_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
                                        "metrics": row})
-            save_torch(last_path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+            save_torch(out.last, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
                                    "scheduler": scheduler.state_dict(), "scaler": rt.scaler.state_dict(),
                                    "ema": ema.state_dict() if ema is not None else None,
                                    "state": state, "config": cfg.to_dict()})
-            write_csv(out_dir / "metrics.csv", pd.DataFrame(state["history"]))
+            write_csv(out.metrics, pd.DataFrame(state["history"]))
         distributed.barrier()
         log.info("epoch %d: loss %.4f  val f1 %.4f (mask %.3f gender %.3f age %.3f)  %.1f img/s%s", epoch + 1,
                  row["train_loss"], row["f1"], row["f1_mask"], row["f1_gender"], row["f1_age"],
                  row["train_img_per_s"], "  *best" if improved else "")
-    return finish_fold(cfg, out_dir, val_df, val_ds, rt, state)
+    return finish_fold(cfg, out, val_df, val_ds, rt, state)
 
 
 
-def finish_fold(cfg, out_dir: Path, val_df, val_ds, rt: Runtime, state: dict) -> dict:
-    """Scores the best checkpoint on the whole validation fold (with TTA when configured), with and without
-    person-consistent inference, and saves the evidence."""
+def finish_fold(cfg, out: Fold, val_df, val_ds, rt: Runtime, state: dict) -> dict:
+    """Scores the best checkpoint on the whole validation fold as the config serves it, with and without person
+    sharing, and saves the evidence: the images' and their mirrors' probabilities and the blind person groups, so
+    that every serving policy can be scored later from the file alone."""
     from mcls.analysis.plots import confusion_matrix_figure, learning_curves_figure, save
-    from mcls.infer.persons import consistency_scores, person_consistent
+    from mcls.infer.persons import consistency_scores, face_embeddings, group_images
 
-    model = rt.prepare(load_checkpoint(out_dir / "best.pt", rt.device)[0])
-    probs = predict_dataset(model, val_ds, rt, rt.eval_batch(cfg.batch_size), tta=cfg.tta, num_workers=cfg.num_workers,
-                            desc="validate best")
+    model = rt.prepare(load_checkpoint(out.best, rt.device)[0])
+    plain, mirrored = predict_dataset(model, val_ds, rt, rt.eval_batch(cfg.batch_size), views=True,
+                                      num_workers=cfg.num_workers, desc="validate best")
+    serving = dataclasses.replace(Serving.of_config(cfg), person_consistent=True)
+    probs = (plain + mirrored) / 2 if serving.tta else plain
     labels = val_df["label"].to_numpy()
-    shared, groups = person_consistent(probs, val_ds.images, cfg.group_threshold)
+    groups = group_images(face_embeddings(val_ds.images), serving.group_threshold)
+    shared = serving.finish(probs, groups)
     result = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "n_val_images": len(val_df),
               "n_val_persons": int(val_df["person"].nunique()), "tta": cfg.tta, **score(labels, probs),
               **consistency_scores(labels, shared, groups, val_df["person"].to_numpy())}
     if distributed.is_main():
-        # raw probabilities plus the blind person groups: calibration re-shares them the way prediction does
         pred = val_df[["person", "path", "label"]].copy()
         pred["group"] = groups
         pred["pred"] = probs.argmax(1)
-        pred[PROB_COLUMNS] = probs.round(5)
-        write_csv(out_dir / "val_predictions.csv", pred)
-        write_json(out_dir / "summary.json", result)
-        save(confusion_matrix_figure(confusion(labels, probs), cfg.age_bounds), out_dir / "confusion_matrix.png")
-        save(learning_curves_figure(pd.DataFrame(state["history"])), out_dir / "learning_curves.png")
+        pred[PROB_COLUMNS] = plain.round(5)
+        pred[FLIP_COLUMNS] = mirrored.round(5)
+        write_csv(out.predictions, pred)
+        write_json(out.summary, result)
+        save(confusion_matrix_figure(confusion(labels, probs), cfg.age_bounds), out.figure("confusion_matrix"))
+        save(learning_curves_figure(pd.DataFrame(state["history"])), out.figure("learning_curves"))
         import matplotlib.pyplot as plt
 
         plt.close("all")

@@ -6,14 +6,11 @@ land in which fold, or their out-of-fold predictions could not be averaged and s
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 from mcls.config import Config, ConfigError, read_yaml_keys
-from mcls.infer.calibration import fold_predictions
 from mcls.metrics import score
-from mcls.runs.layout import MEMBERS_DIR
+from mcls.runs.layout import Run
 
 # Keys that decide the folds, the labels or the run layout: a member inherits them from the run.
 FIXED = ("data_dir", "relabel_file", "age_bounds", "n_folds", "fold", "seed", "on_bad_image", "run_dir", "members")
@@ -33,20 +30,21 @@ def member_configs(cfg: Config) -> list[tuple[str, Config]]:
         if fixed:
             raise ConfigError(f"{path}: a member cannot set {', '.join(fixed)}: members train on the run's data and "
                               "folds, so their validation predictions can be averaged")
-        run_dir = str(Path(cfg.run_dir) / MEMBERS_DIR / name) if cfg.run_dir else ""
+        run_dir = str(Run(cfg.run_dir).member(name).path) if cfg.run_dir else ""
         out.append((name, cfg.updated({**values, "members": [], "run_dir": run_dir}, source=str(path))))
     return out
 
 
 
-def ensemble_scores(runs: list[Path], person_consistent: bool) -> dict:
-    """Out-of-fold scores (prefixed ens_) of the runs' averaged validation probabilities."""
-    folds = fold_predictions(runs, person_consistent)
+def ensemble_scores(serving) -> dict:
+    """Out-of-fold scores (prefixed ens_) of the averaged validation probabilities of the runs `serving` averages
+    (a run and its members), served as it says."""
+    folds = serving.oof()
     if not folds:
         return {}
-    df = pd.DataFrame([score(labels, probs) for labels, probs in folds.values()])
+    df = pd.DataFrame([score(f.labels, f.probs) for f in folds.values()])
     out = {f"ens_{c}": float(df[c].mean()) for c in df.columns}
     out["ens_f1_std"] = float(df["f1"].std(ddof=0))
     out["ens_folds"] = list(folds)
-    out["ens_members"] = [str(r) for r in runs]
+    out["ens_members"] = [str(r.path) for r in serving.runs]
     return out

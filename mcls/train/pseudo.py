@@ -17,12 +17,13 @@ from mcls.data.dataset import TARGET_COLUMNS
 from mcls.data.faces import CropSettings
 from mcls.data.table import load_eval_table
 from mcls.labels import decode
+from mcls.runs.layout import Run
 
 log = logging.getLogger(__name__)
 
 
 def teacher_checkpoint(run: str | Path, fold: int) -> Path:
-    path = Path(run) / f"fold{fold}" / "best.pt"
+    path = Run(run).fold(fold).best
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pseudo_run has no model for fold {fold}; train that fold of it first")
     return path
@@ -49,21 +50,24 @@ def unlabelled_images(cfg: Config, val_images: np.ndarray) -> np.ndarray:
 def pseudo_labelled(cfg: Config, fold: int, val_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(images, targets) that join fold `fold`'s training, as the config asks."""
     from mcls.data.dataset import ImageArrayDataset
-    from mcls.infer.persons import person_consistent
     from mcls.infer.predictor import predict_dataset
+    from mcls.infer.serving import Serving
     from mcls.model.checkpoint import load_checkpoint
     from mcls.runtime.device import Runtime
 
     images = unlabelled_images(cfg, val_images)
-    rt = Runtime(cfg)
-    teacher, teacher_cfg = load_checkpoint(teacher_checkpoint(cfg.pseudo_run, fold), rt.device)
+    rt = Runtime.from_config(cfg)
+    checkpoint = teacher_checkpoint(cfg.pseudo_run, fold)
+    teacher, teacher_cfg = load_checkpoint(checkpoint, rt.device)
+    # the teacher's fold model as its run serves it, shared within this run's person groups, without an age bias
+    serving = Serving.resolve(checkpoint, {"person_consistent": cfg.person_consistent,
+                                           "group_threshold": cfg.group_threshold, "calibrate_age": False})
     if teacher_cfg.img_size != cfg.img_size:
         raise ValueError(f"pseudo_run {cfg.pseudo_run} was trained at {teacher_cfg.img_size} px, this run at "
                          f"{cfg.img_size}: use a teacher of the same size")
     probs = predict_dataset(rt.prepare(teacher), ImageArrayDataset(images), rt, rt.eval_batch(cfg.batch_size),
-                            tta=teacher_cfg.tta, desc="pseudo-label")
-    if cfg.person_consistent:
-        probs = person_consistent(probs, images, cfg.group_threshold)[0]
+                            tta=serving.tta, desc="pseudo-label")
+    probs = serving.finish(probs, serving.groups(images))
     keep, targets = pseudo_targets(probs, cfg.pseudo_threshold)
     log.info("fold %d: %d of %d %s images pseudo-labelled (p >= %.2f)", fold, len(keep), len(images),
              cfg.pseudo_label, cfg.pseudo_threshold)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,9 @@ from mcls.data.faces import CropSettings
 from mcls.data.folds import assign_folds
 from mcls.data.table import data_fingerprint, load_train_table
 from mcls.infer.calibration import calibrate_run
+from mcls.infer.serving import Serving
 from mcls.io import write_json
+from mcls.runs.layout import Fold, Run
 from mcls.runs.records import open_run, write_run_info
 from mcls.runs.tracking import log_run
 from mcls.runtime import distributed
@@ -61,14 +62,14 @@ def train(cfg: Config, resume: bool = False) -> dict:
     folds = range(cfg.n_folds) if cfg.fold == -1 else [cfg.fold]
     results = {}
     for k in folds:
-        results[k] = fit_fold(cfg, table, images, k, run_dir / f"fold{k}", resume=resume)
+        results[k] = fit_fold(cfg, table, images, k, Run(run_dir).fold(k), resume=resume)
     summary = summarise_folds(results)
     if cfg.members:
         summary.update(train_members(cfg, run_dir))
     if distributed.is_main():
         if cfg.calibrate_age:
-            summary.update(calibrate(run_dir, cfg))
-        write_json(run_dir / "summary.json", summary)
+            summary.update(calibrate(run_dir))
+        write_json(Run(run_dir).summary_file, summary)
         log_run(cfg, run_dir)
     distributed.barrier()
     return summary
@@ -77,22 +78,21 @@ def train(cfg: Config, resume: bool = False) -> dict:
 def train_members(cfg: Config, run_dir) -> dict:
     """Trains each ensemble member into <run>/members/<name> (resuming one already started), then scores the
     averaged out-of-fold predictions of the run and its members (ens_*)."""
-    from mcls.runs.layout import run_with_members
     from mcls.train.members import ensemble_scores, member_configs
 
     for name, member in member_configs(cfg):
         log.info("ensemble member %s: %s", name, member.run_dir)
-        train(member, resume=(Path(member.run_dir) / "config.yaml").exists())
+        train(member, resume=Run(member.run_dir).config_file.exists())
     if not distributed.is_main():
         return {}
-    scores = ensemble_scores(run_with_members(run_dir), cfg.person_consistent)
+    scores = ensemble_scores(Serving.resolve(run_dir, {"calibrate_age": False}))
     if scores:
         log.info("ensemble of %d runs, folds %s: macro F1 %.4f (+- %.4f)", len(scores["ens_members"]),
                  scores["ens_folds"], scores["ens_f1"], scores["ens_f1_std"])
     return scores
 
 
-def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out_dir, resume: bool = False) -> dict:
+def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out: Fold, resume: bool = False) -> dict:
     """Fold k against the rest, with pseudo-labelled images added to training when the config asks."""
     is_val = (table["fold"] == k).to_numpy()
     log.info("fold %d: %d training / %d validation images", k, (~is_val).sum(), is_val.sum())
@@ -102,16 +102,14 @@ def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out_d
 
         extra = pseudo_labelled(cfg, k, images[is_val])
     result = fit(cfg, table[~is_val].reset_index(drop=True), table[is_val].reset_index(drop=True),
-                 images[~is_val], images[is_val], out_dir, resume=resume, extra=extra)
+                 images[~is_val], images[is_val], out, resume=resume, extra=extra)
     return {**result, "n_pseudo": 0 if extra is None else len(extra[0])}
 
 
-def calibrate(run_dir, cfg: Config) -> dict:
-    """Fits the age-band bias on every finished fold of the run (for a run with members: on their average, which
-    is what its prediction serves); its nested scores go into the summary as cal_*."""
-    from mcls.runs.layout import run_with_members
-
-    fit = calibrate_run(run_dir, cfg.person_consistent, run_with_members(run_dir))
+def calibrate(run_dir, overrides: dict | None = None) -> dict:
+    """Fits the age-band bias on every finished fold of the run as it is served (with serving-key `overrides`; for
+    a run with members: on their average); its nested scores go into the summary as cal_*."""
+    fit = calibrate_run(Run.open(run_dir), Serving.resolve(run_dir, {**(overrides or {}), "calibrate_age": False}))
     if fit is None:
         log.info("age calibration skipped: it needs validation predictions of 2 or more folds (fold=-1 trains all)")
         return {}
