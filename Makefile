@@ -8,7 +8,7 @@ export MPLBACKEND := Agg
 
 PARAMS ?= notebooks/params/sample.yaml
 
-.PHONY: setup demo test pipeline
+.PHONY: setup demo test pipeline gpu-check
 
 setup: $(STAMP)
 
@@ -32,3 +32,6 @@ pipeline: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+gpu-check: setup
+	$(PY) bench/gpu_check.py
