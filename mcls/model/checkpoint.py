@@ -1,4 +1,5 @@
-"""Checkpoints that rebuild their model alone: the config is stored inside."""
+"""Checkpoints: best.pt rebuilds its model alone (the config is stored inside); last.pt holds everything a fold
+needs to resume exactly."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import torch
 
 from mcls.config import Config
+from mcls.io import save_torch
 from mcls.model.classifier import MaskClassifier, model_from_config
 
 
@@ -23,3 +25,24 @@ def load_checkpoint(path: str | Path, device="cpu") -> tuple[MaskClassifier, Con
         raise ValueError(f"{path}: weights do not fit backbone {cfg.backbone!r} / heads {cfg.heads!r}: "
                          f"{str(err).splitlines()[0]}") from None
     return model.to(device).eval(), cfg
+
+
+def save_best(path: str | Path, model: torch.nn.Module, cfg: Config, metrics: dict) -> None:
+    """The weights to ship, with the config that rebuilds their model and the epoch's metrics."""
+    save_torch(path, {"model": model.state_dict(), "config": cfg.to_dict(), "epoch": metrics["epoch"],
+                      "metrics": metrics})
+
+
+def save_training_state(path: str | Path, parts: dict, state: dict, cfg: Config) -> None:
+    """Every part's state_dict (None for an absent part, e.g. no EMA), the loop's state and the config."""
+    save_torch(path, {**{k: v.state_dict() if v is not None else None for k, v in parts.items()}, "state": state,
+                      "config": cfg.to_dict()})
+
+
+def load_training_state(path: str | Path, parts: dict, device) -> dict:
+    """Loads each part's state_dict from `path` in place; returns the loop's state."""
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    for name, part in parts.items():
+        if part is not None:
+            part.load_state_dict(ckpt[name])
+    return ckpt["state"]

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -13,13 +14,13 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mcls.config import Config
-from mcls.data.dataset import ImageArrayDataset, make_loader, targets_of
+from mcls.data.dataset import TARGET_COLUMNS, ImageArrayDataset, make_loader, targets_of
 from mcls.infer.predictor import predict_dataset
 from mcls.infer.serving import Serving
-from mcls.io import save_torch, write_csv, write_json
+from mcls.io import write_csv, write_json
 from mcls.labels import PROB_COLUMNS
 from mcls.metrics import confusion, score
-from mcls.model.checkpoint import load_checkpoint
+from mcls.model.checkpoint import load_checkpoint, load_training_state, save_best, save_training_state
 from mcls.model.classifier import model_from_config
 from mcls.runs.layout import FLIP_COLUMNS, Fold
 from mcls.runtime import distributed
@@ -71,6 +72,93 @@ def lr_lambda(warmup_steps: int, total_steps: int):
 
 
 
+@dataclass
+class Parts:
+    """What one fold trains with, built once: the module trained (DDP-wrapped, maybe compiled), the plain module
+    and its EMA (whose weights are validated, kept and shipped), the loss, optimiser, schedule, mixer and loader."""
+
+    net: torch.nn.Module
+    model: torch.nn.Module
+    ema: AveragedModel | None
+    loss_fn: TaskLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    mixer: BatchMixer | None
+    sampler: distributed.GlobalBatchSampler
+    loader: torch.utils.data.DataLoader
+    targets: np.ndarray
+    persons: np.ndarray
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.net
+
+    def resumable(self, rt: Runtime) -> dict:
+        """Everything last.pt holds besides the loop's own state."""
+        return {"model": self.net, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": rt.scaler,
+                "ema": self.ema}
+
+
+def build(cfg: Config, rt: Runtime, train_df: pd.DataFrame, train_images: np.ndarray, extra=None) -> Parts:
+    """The model, its EMA and everything that trains it; `extra` = (images, targets) joins training only."""
+    net = rt.prepare(model_from_config(cfg))
+    model = distributed.wrap(net, rt.device, cfg.sync_bn)
+    if cfg.compile:  # training steps only; validation, EMA and checkpoints use the plain module
+        model = torch.compile(model)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
+        if cfg.ema_decay else None
+    targets = targets_of(train_df)
+    persons = pd.factorize(train_df["person"])[0]
+    if extra is not None and len(extra[0]):
+        train_images = np.concatenate([train_images, extra[0]])
+        targets = np.concatenate([targets, extra[1]])
+        persons = np.concatenate([persons, np.full(len(extra[0]), -1)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(epoch_rows(targets, persons, cfg.wear_per_person, 0)) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+    mixer = BatchMixer(cfg.mix, cfg.mix_prob, cfg.mix_alpha) if cfg.mix != "none" else None
+    train_ds = ImageArrayDataset(train_images, targets, create_train_transform(cfg.augment))
+    sampler = distributed.GlobalBatchSampler(cfg.batch_size)
+    # one loader per fold: its workers persist across epochs, the sampler hands them each epoch's order and seed
+    loader = make_loader(train_ds, cfg.batch_size // distributed.world(), train=True, num_workers=cfg.num_workers,
+                         pin_memory=rt.pin_memory, sampler=sampler)
+    return Parts(net, model, ema, TaskLoss(cfg, targets).to(rt.device), optimizer, scheduler, mixer, sampler, loader,
+                 targets, persons)
+
+
+def run_epoch(cfg: Config, rt: Runtime, parts: Parts, val_ds: ImageArrayDataset, epoch: int) -> dict:
+    """Trains epoch `epoch` (0-based; its order, augmentation, mixing and dropout seeded from (seed, epoch)) and
+    validates the scored weights; returns the epoch's metrics row."""
+    epoch_seed = cfg.training_seed * 1000 + epoch
+    seed_everything(epoch_seed)
+    if parts.mixer is not None:
+        parts.mixer.reseed(epoch_seed)
+    parts.sampler.set_epoch(epoch_order(parts.targets, epoch_seed, cfg.sampler, parts.persons, cfg.wear_per_person),
+                            epoch_seed)
+    stats = train_one_epoch(parts.model, parts.loader, parts.loss_fn, parts.optimizer, parts.scheduler, rt,
+                            desc=f"epoch {epoch + 1}", mixer=parts.mixer, ema=parts.ema)
+    stats["train_loss"] = distributed.mean_over_ranks(stats["train_loss"], len(parts.loader.sampler))
+    probs = predict_dataset(parts.scored, val_ds, rt, rt.eval_batch(cfg.batch_size), num_workers=cfg.num_workers,
+                            desc="validate")
+    labels = val_ds.targets[:, TARGET_COLUMNS.index("label")]
+    val_loss = float(-np.log(np.clip(probs[np.arange(len(probs)), labels], 1e-12, None)).mean())
+    return {"epoch": epoch + 1, **stats, "val_loss": val_loss, **score(labels, probs),
+            "lr": parts.optimizer.param_groups[0]["lr"]}
+
+
+def record_epoch(state: dict, row: dict) -> bool:
+    """Adds the epoch to the loop's state (history, best epoch, patience); True when it is the best so far."""
+    state["history"].append(row)
+    improved = row["f1"] > state["best_f1"]
+    if improved:
+        state.update(best_f1=row["f1"], best_epoch=row["epoch"], bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = row["epoch"]
+    return improved
+
+
 def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images: np.ndarray,
         val_images: np.ndarray, out: Fold, resume: bool = False, extra=None) -> dict:
     """Trains one fold, validating every epoch; writes metrics.csv, last.pt, best.pt and val predictions.
@@ -84,85 +172,27 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
     rt = Runtime.from_config(cfg)
     log.info("fold %s on %s", out.k, rt.describe())
     seed_everything(cfg.training_seed)
-    net = rt.prepare(model_from_config(cfg))
-    model = distributed.wrap(net, rt.device, cfg.sync_bn)
-    if cfg.compile:  # training steps only; validation, EMA and checkpoints use the plain module
-        model = torch.compile(model)
-    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
-        if cfg.ema_decay else None
-    scored = ema.module if ema is not None else net  # the weights validated, kept and shipped
-    train_targets = targets_of(train_df)
-    train_persons = pd.factorize(train_df["person"])[0]
-    if extra is not None and len(extra[0]):
-        train_images = np.concatenate([train_images, extra[0]])
-        train_targets = np.concatenate([train_targets, extra[1]])
-        train_persons = np.concatenate([train_persons, np.full(len(extra[0]), -1)])
-    loss_fn = TaskLoss(cfg, train_targets).to(rt.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rows_per_epoch = len(epoch_rows(train_targets, train_persons, cfg.wear_per_person, 0))
-    steps_per_epoch = math.ceil(rows_per_epoch / cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
-    mixer = BatchMixer(cfg.mix, cfg.mix_prob, cfg.mix_alpha) if cfg.mix != "none" else None
-    train_ds = ImageArrayDataset(train_images, train_targets, create_train_transform(cfg.augment))
+    parts = build(cfg, rt, train_df, train_images, extra)
     val_ds = ImageArrayDataset(val_images, targets_of(val_df))
     state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if distributed.is_main():
         out.dir.mkdir(parents=True, exist_ok=True)
     if resume and out.last.exists():
-        ckpt = torch.load(out.last, map_location=rt.device, weights_only=False)
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        rt.scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-        state = ckpt["state"]
+        state = load_training_state(out.last, parts.resumable(rt), rt.device)
         log.info("resumed %s after epoch %d", out.dir, state["epoch"])
-
-    val_labels = val_df["label"].to_numpy()
-    sampler = distributed.GlobalBatchSampler(cfg.batch_size)
-    # one loader per fold: its workers persist across epochs, the sampler hands them each epoch's order and seed
-    loader = make_loader(train_ds, cfg.batch_size // distributed.world(), train=True, num_workers=cfg.num_workers,
-                         pin_memory=rt.pin_memory, sampler=sampler)
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
-        epoch = state["epoch"]
-        epoch_seed = cfg.training_seed * 1000 + epoch
-        seed_everything(epoch_seed)
-        if mixer is not None:
-            mixer.reseed(epoch_seed)
-        sampler.set_epoch(epoch_order(train_targets, epoch_seed, cfg.sampler, train_persons, cfg.wear_per_person),
-                          epoch_seed)
-        stats = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, desc=f"epoch {epoch + 1}",
-                                mixer=mixer, ema=ema)
-        stats["train_loss"] = distributed.mean_over_ranks(stats["train_loss"], len(loader.sampler))
-        probs = predict_dataset(scored, val_ds, rt, rt.eval_batch(cfg.batch_size), num_workers=cfg.num_workers,
-                                desc="validate")
-        val_loss = float(-np.log(np.clip(probs[np.arange(len(probs)), val_labels], 1e-12, None)).mean())
-        row = {"epoch": epoch + 1, **stats, "val_loss": val_loss, **score(val_labels, probs),
-               "lr": optimizer.param_groups[0]["lr"]}
-        state["history"].append(row)
-        improved = row["f1"] > state["best_f1"]
-        if improved:
-            state.update(best_f1=row["f1"], best_epoch=epoch + 1, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch + 1
+        row = run_epoch(cfg, rt, parts, val_ds, state["epoch"])
+        improved = record_epoch(state, row)
         if distributed.is_main():
             if improved:
-                save_torch(out.best, {"model": scored.state_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
-                                       "metrics": row})
-            save_torch(out.last, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict(), "scaler": rt.scaler.state_dict(),
-                                   "ema": ema.state_dict() if ema is not None else None,
-                                   "state": state, "config": cfg.to_dict()})
+                save_best(out.best, parts.scored, cfg, row)
+            save_training_state(out.last, parts.resumable(rt), state, cfg)
             write_csv(out.metrics, pd.DataFrame(state["history"]))
         distributed.barrier()
-        log.info("epoch %d: loss %.4f  val f1 %.4f (mask %.3f gender %.3f age %.3f)  %.1f img/s%s", epoch + 1,
+        log.info("epoch %d: loss %.4f  val f1 %.4f (mask %.3f gender %.3f age %.3f)  %.1f img/s%s", row["epoch"],
                  row["train_loss"], row["f1"], row["f1_mask"], row["f1_gender"], row["f1_age"],
                  row["train_img_per_s"], "  *best" if improved else "")
     return finish_fold(cfg, out, val_df, val_ds, rt, state)
-
 
 
 def finish_fold(cfg, out: Fold, val_df, val_ds, rt: Runtime, state: dict) -> dict:
