@@ -35,7 +35,7 @@ def browser(run_dir: str | Path, data_dir: str | Path | None = None, n: int = 8)
     from IPython.display import display
 
     table = validation_table(run_dir, data_dir)
-    names = head_class_names()
+    names = head_class_names(Run(run_dir).config.age_bounds)  # the run's own band edges
     head = widgets.Dropdown(options=list(names), description="head")
     def options(h):
         return [(name, i) for i, name in enumerate(names[h])]
