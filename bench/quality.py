@@ -431,7 +431,7 @@ def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir
             "`.venv/bin/python bench/quality.py` with no arguments re-makes the whole table (its RECIPE: 5-fold "
             "confirmations, then the screens; finished folds are reused). "
             f"Last command: `{command}`\n\n"
-            "`+calib`: the age-band prior bias (mcls/calibration.py) scored on each fold after fitting it on the "
+            "`+calib`: the age-band prior bias (mcls/infer/calibration.py) scored on each fold after fitting it on the "
             "variant's other folds only. Mean over the folds run (`folds`), `f1_std` its spread; `train_min_per_fold` is wall time while the "
             "benchmark ran (pauses excluded), `cpu_min_per_fold` the process's CPU time (2 threads).\n\n"
             + table.round(4).to_markdown(index=False) + "\n")
@@ -442,7 +442,8 @@ def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir
                  + wide.round(3).to_markdown() + "\n")
         wide = robust.pivot_table(index="variant", columns="shift", values="acc_mask", sort=False)
         text += "\n## Mask head under shifts (fold 0): accuracy over all mask states\n\n" + wide.round(3).to_markdown() + "\n"
-    chosen = folds.loc[folds["variant"] == "ensemble selection (nested)", ["fold", "members"]]
+    chosen = folds.loc[folds["variant"] == "ensemble selection (nested)", ["fold", "members"]] \
+        if "members" in folds else pd.DataFrame()
     if not chosen.empty:
         text += ("\n## Ensemble selection\n\nGreedy forward selection from " + ", ".join(SELECTION_POOL)
                  + f" (at most {SELECTION_MAX}; +tta +persons). Members chosen on the other folds, per held-out fold "
