@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from mcls.config import Config, ConfigError, load_config
+from mcls.config import Config, ConfigError, load_config, parse_overrides, read_yaml_keys
 from mcls.data.table import DataError
 
 
@@ -35,7 +35,6 @@ SWITCHES = {"tta": "tta", "persons": "person_consistent", "calibration": "calibr
 def prediction_keys(args, accepted: tuple[str, ...]) -> tuple[dict, dict]:
     """(serving overrides, other keys) from --config, key=value and the on/off switches; a key that means nothing
     here is refused with the list of those that do, and a switch may not contradict its key."""
-    from mcls.config import parse_overrides, read_yaml_keys
     from mcls.infer.serving import SERVING_KEYS
 
     values = {**(read_yaml_keys(args.config)[1] if args.config else {}), **parse_overrides(args.overrides)}

@@ -59,12 +59,6 @@ def share_within_groups(probs: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return joint.reshape(len(probs), -1)
 
 
-def person_consistent(probs: np.ndarray, images: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities shared within blindly recovered groups, the group ids)."""
-    groups = group_images(face_embeddings(images), threshold)
-    return share_within_groups(probs, groups), groups
-
-
 def consistency_scores(labels, shared, groups, persons) -> dict[str, float]:
     """Scores of person-consistent predictions (prefixed pc_), and how well the blind groups match the persons."""
     out = {f"pc_{k}": v for k, v in score(labels, shared).items()}

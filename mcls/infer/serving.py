@@ -54,7 +54,8 @@ class Serving:
         unknown = sorted(set(given) - set(SERVING_KEYS))
         if unknown:
             raise ConfigError(f"{', '.join(unknown)}: not a serving key; prediction takes {', '.join(SERVING_KEYS)}")
-        paths = [Path(run)] if isinstance(run, (str, Path, Run)) else [Path(getattr(r, "path", r)) for r in run]
+        named = [run] if isinstance(run, (str, Path, Run)) else list(run)
+        paths = [r.path if isinstance(r, Run) else Path(r) for r in named]
         if not paths:
             raise ValueError("no run given")
         checkpoint = paths[0] if paths[0].is_file() else None

@@ -1,7 +1,6 @@
 """Optional experiment tracking: `tracker: mlflow` logs a finished run to a local MLflow store (no server)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

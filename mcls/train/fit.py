@@ -200,7 +200,7 @@ def finish_fold(cfg, out: Fold, val_df, val_ds, rt: Runtime, state: dict) -> dic
     sharing, and saves the evidence: the images' and their mirrors' probabilities and the blind person groups, so
     that every serving policy can be scored later from the file alone."""
     from mcls.analysis.plots import confusion_matrix_figure, learning_curves_figure, save
-    from mcls.infer.persons import consistency_scores, face_embeddings, group_images
+    from mcls.infer.persons import consistency_scores
 
     model = rt.prepare(load_checkpoint(out.best, rt.device)[0])
     plain, mirrored = predict_dataset(model, val_ds, rt, rt.eval_batch(cfg.batch_size), views=True,
@@ -208,7 +208,7 @@ def finish_fold(cfg, out: Fold, val_df, val_ds, rt: Runtime, state: dict) -> dic
     serving = dataclasses.replace(Serving.of_config(cfg), person_consistent=True)
     probs = (plain + mirrored) / 2 if serving.tta else plain
     labels = val_df["label"].to_numpy()
-    groups = group_images(face_embeddings(val_ds.images), serving.group_threshold)
+    groups = serving.groups(val_ds.images)
     shared = serving.finish(probs, groups)
     result = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "n_val_images": len(val_df),
               "n_val_persons": int(val_df["person"].nunique()), "tta": cfg.tta, **score(labels, probs),
