@@ -16,6 +16,11 @@ def _config(args):
     return load_config(args.config, args.overrides)
 
 
+def _given(args) -> dict:
+    """The keys the user set, and only those: --config's, then key=value's."""
+    return {**(read_yaml_keys(args.config)[1] if args.config else {}), **parse_overrides(args.overrides)}
+
+
 def cmd_train(args) -> None:
     from mcls.runtime import distributed
     from mcls.train.run import train
@@ -37,7 +42,7 @@ def prediction_keys(args, accepted: tuple[str, ...]) -> tuple[dict, dict]:
     here is refused with the list of those that do, and a switch may not contradict its key."""
     from mcls.infer.serving import SERVING_KEYS
 
-    values = {**(read_yaml_keys(args.config)[1] if args.config else {}), **parse_overrides(args.overrides)}
+    values = _given(args)
     valid = (*SERVING_KEYS, *accepted)
     unknown = sorted(set(values) - set(valid))
     if unknown:
@@ -112,37 +117,45 @@ def cmd_runs(args) -> None:
     print(df.to_string(index=False) if len(df) else f"no runs in {args.runs_dir}")
 
 
+# The demo's own settings (not the package defaults): 8 epochs at 128 px on the 48-person sample are enough for
+# the mask head to learn visibly (F1 1.00 on fold 0's 12 held-out persons) in ~35 s on 2 CPU cores.
+DEMO_SETTINGS = ["data_dir=data/sample", "run_dir=runs/demo", "epochs=8", "img_size=128", "n_folds=4"]
+
+
 def cmd_demo(args) -> None:
-    """Trains briefly on the shipped sample, predicts its eval images, and says where everything is."""
+    """Trains briefly on the shipped sample, predicts its eval images, and says what it learned and where it is."""
     from mcls.infer.submission import write_submission
     from mcls.runs.layout import Run
+    from mcls.runs.records import result_lines
     from mcls.train.run import train
 
-    defaults = ["data_dir=data/sample", "run_dir=runs/demo", "epochs=2", "img_size=96", "n_folds=4"]
-    cfg = load_config(args.config, defaults + args.overrides)
-    summary = train(cfg, resume=Run(cfg.run_dir).config_file.exists())
+    cfg = load_config(args.config, DEMO_SETTINGS + args.overrides)
+    train(cfg, resume=Run(cfg.run_dir).config_file.exists())
     sub = write_submission(cfg.data_dir, cfg.run_dir, device=cfg.device)
-    print(f"\nvalidation macro F1 {summary['f1']:.3f} (mask {summary['f1_mask']:.3f}, gender "
-          f"{summary['f1_gender']:.3f}, age {summary['f1_age']:.3f}) on the sample's held-out persons")
-    print(f"run folder:  {cfg.run_dir}  (config.yaml, fold*/metrics.csv, checkpoints, figures)")
-    print(f"figures:     {sorted(str(p) for fold in Run(cfg.run_dir).folds for p in fold.dir.glob('*.png'))}")
-    print(f"submission:  {sub}")
+    print("", *result_lines(cfg.run_dir, sub), sep="\n")
+    print("what to expect: 12 held-out persons of a 48-person sample judge the mask head (near 1.00 here) but gender "
+          "and age only roughly (about 0.75 and 0.6, several points apart from run to run); full-data scores are in "
+          "docs/results.md")
 
 
 def cmd_pipeline(args) -> None:
-    from mcls.pipeline import NOTEBOOKS, PipelineError, pipeline_run_dir, run_pipeline
+    from mcls.pipeline import NOTEBOOKS, PipelineError, pipeline_settings, run_pipeline
+    from mcls.runs.layout import Run
+    from mcls.runs.records import result_lines
 
-    cfg = _config(args)
+    values = _given(args)
     notebooks = args.only.split(",") if args.only else NOTEBOOKS
     unknown = sorted(set(notebooks) - set(NOTEBOOKS))
     if unknown:
         raise ValueError(f"unknown notebook(s) {unknown}; valid: {list(NOTEBOOKS)}")
+    run_dir = Run(pipeline_settings(values)["run_dir"])
     try:
-        run_pipeline(cfg, notebooks)
+        run_pipeline(values, notebooks)
     except PipelineError as err:
         print(f"mcls pipeline: {err}", file=sys.stderr)
         sys.exit(1)
-    print(f"executed notebooks, figures, metrics and the submission are in {pipeline_run_dir(cfg)}")
+    sub = run_dir.submission_file if run_dir.submission_file.is_file() else None
+    print("", *result_lines(run_dir.path, sub), f"executed notebooks: {run_dir.path / 'notebooks'}", sep="\n")
 
 
 def cmd_cam(args) -> None:

@@ -64,7 +64,7 @@ class Config:
     mix: str = "none"  # none | vcutmix (left/right halves of two faces) | cutmix | mixup
     mix_prob: float = 0.5  # share of batches mixed
     mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
-    ema_decay: float = 0.995  # moving average of weights, validated and saved (wants some 500+ steps); 0 = off
+    ema_decay: float = 0.995  # moving average of weights, validated and saved; its decay warms up to this; 0 = off
     pseudo_label: str = "none"  # none | eval (unlabelled eval images join training) | validation (measuring only)
     pseudo_run: str = ""  # the first-stage run whose fold-k model labels them for fold k
     pseudo_threshold: float = 0.9  # minimum probability of the predicted class to keep a pseudo label
@@ -168,9 +168,8 @@ class Config:
         """Applies the `smoke` switch: the same pipeline, tiny enough for tests and a first try."""
         if not self.smoke:
             return self
-        # a one-epoch run is too short for a weight average: its EMA would still be near the starting weights
         return dataclasses.replace(self, epochs=min(self.epochs, 1), img_size=min(self.img_size, 64),
-                                   batch_size=min(self.batch_size, 16), patience=max(self.patience, 1), ema_decay=0.0)
+                                   batch_size=min(self.batch_size, 16), patience=max(self.patience, 1))
 
     # ------------------------------------------------------------------ YAML
     @classmethod
@@ -241,15 +240,27 @@ def given_values(config_file: str | Path | None, params: dict[str, Any]) -> dict
     return {k: v if v is not None else from_file[k] for k, v in params.items() if v is not None or k in from_file}
 
 
+# Notebooks chain through one run folder (03 trains it, 04 and 05 read it) unless run_dir is set.
+NOTEBOOK_RUN_DIR = "runs/notebooks"
+
+
 def notebook_config(config_file: str | Path | None, params: dict[str, Any]) -> Config:
     """A notebook's config. A parameter left at None is not set by the notebook: it takes config_file's value for
     that key, else the package default, so a preset such as "large" is not undone by values the notebook merely
-    repeats. A parameter given a value beats the file. Prints each parameter's value and where it came from."""
+    repeats. A parameter given a value beats the file. Prints each parameter's value and where it came from, and
+    the other keys config_file sets (`mcls pipeline` passes its whole config that way)."""
     path, from_file = read_yaml_keys(config_file) if config_file else ("defaults", {})
-    cfg = Config.from_dict(from_file, source=str(path)).updated({k: v for k, v in params.items() if v is not None})
-    for key, value in params.items():
-        source = "notebook" if value is not None else "config_file" if key in from_file else "default"
-        print(f"{key} = {getattr(cfg, key)!r}  ({source})")
+    given = {k: v for k, v in params.items() if v is not None}
+    cfg = Config.from_dict(from_file, source=str(path)).updated(given)
+    if "run_dir" in params and not cfg.run_dir:
+        cfg = cfg.updated({"run_dir": NOTEBOOK_RUN_DIR})
+    width = max(map(len, params), default=0)
+    for key in params:
+        source = "notebook" if key in given else "config_file" if key in from_file else "default"
+        print(f"{key:<{width}} = {getattr(cfg, key)!r}  ({source})")
+    others = {k: v for k, v in from_file.items() if k not in params}
+    if others:
+        print(f"also set by {path}: " + ", ".join(f"{k}={v!r}" for k, v in others.items()))
     return cfg
 
 

@@ -10,8 +10,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
 # A tiny random-init timm model: the same code path as real backbones, seconds per epoch on the sample. Its runs
-# are a few dozen steps: too short for a weight average (the default EMA would still be near the random start),
-# and every photo is used so the one epoch gives GradCAM a model with gradients to show.
+# ship the plain weights (tests that exercise the EMA turn it on), and every photo is used so the one epoch gives
+# GradCAM a model with gradients to show.
 TINY = dict(backbone="test_efficientnet", pretrained="none", img_size=48, batch_size=16, n_folds=4, epochs=1,
             num_workers=0, tta=True, ema_decay=0.0, wear_per_person=5)
 

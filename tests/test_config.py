@@ -63,7 +63,19 @@ def test_notebook_config_takes_unset_parameters_from_the_file(tmp_path, capsys):
     # the large preset sets img_size and epochs: a notebook leaving them at None must not undo them
     cfg = notebook_config("large", dict(img_size=None, epochs=3, lr=None, run_dir="runs/x"))
     assert cfg.img_size == 224 and cfg.epochs == 3 and cfg.lr == Config().lr and cfg.run_dir == "runs/x"
-    shown = capsys.readouterr().out
-    assert "img_size = 224  (config_file)" in shown and "epochs = 3  (notebook)" in shown
-    assert f"lr = {Config().lr!r}  (default)" in shown
+    shown = " ".join(capsys.readouterr().out.split())  # the columns are aligned with spaces
+    assert "img_size = 224 (config_file)" in shown and "epochs = 3 (notebook)" in shown
+    assert f"lr = {Config().lr!r} (default)" in shown
+    assert "also set by" in shown and "backbone=" in shown  # the preset's keys the notebook does not declare
     assert notebook_config("", dict(img_size=None)).img_size == Config().img_size
+
+
+def test_notebooks_meet_in_one_run_folder_unless_told_otherwise(tmp_path, capsys):
+    from mcls.config import NOTEBOOK_RUN_DIR, notebook_config
+
+    assert notebook_config("", dict(run_dir=None)).run_dir == NOTEBOOK_RUN_DIR
+    assert "(default)" in capsys.readouterr().out
+    given = tmp_path / "given.yaml"
+    given.write_text("run_dir: runs/mine\n")
+    assert notebook_config(given, dict(run_dir=None)).run_dir == "runs/mine"
+    assert "(config_file)" in capsys.readouterr().out

@@ -1,5 +1,9 @@
-"""One papermill run per notebook on data/sample with smoke parameters, asserting on what each one leaves behind."""
+"""One papermill run per notebook on data/sample with smoke parameters, asserting on what each one leaves behind
+and on what a person opening the executed notebook sees."""
+import base64
+import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -29,6 +33,31 @@ def metrics(run_dir: Path, name: str) -> dict:
     return json.loads((run_dir / name / "metrics.json").read_text())
 
 
+def outputs(notebook: Path) -> tuple[list[str], list[str]]:
+    """(digests of every image/png output, every text output) of an executed notebook, in cell order."""
+    images, texts = [], []
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "image/png" in data:
+                images.append(hashlib.sha1(base64.b64decode(data["image/png"])).hexdigest())
+            texts.append(out.get("text", "") + data.get("text/plain", ""))
+    return images, texts
+
+
+def assert_shows_what_it_saved(run_dir: Path, name: str) -> list[str]:
+    """Every PNG the notebook saved under <run_dir>/<name>/ is shown in the executed notebook, byte for byte and
+    once; no output is a progress bar frozen at its first state. Returns the text outputs."""
+    images, texts = outputs(run_dir / "notebooks" / f"{name}.ipynb")
+    saved = {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in (run_dir / name).glob("*.png")}
+    assert saved, f"{name} saved no figure"
+    counts = {png: images.count(digest) for png, digest in saved.items()}
+    assert all(n == 1 for n in counts.values()), f"{name}: times each saved figure is shown: {counts}"
+    frozen = [t for t in texts if re.search(r"\b0%\|", t)]
+    assert not frozen, f"{name} shows a progress bar at 0%: {frozen[0][:80]!r}"
+    return texts
+
+
 def test_00_eda(tmp_path):
     execute("00_eda", tmp_path)
     m = metrics(tmp_path, "00_eda")
@@ -36,14 +65,20 @@ def test_00_eda(tmp_path):
     assert m["folder_problems"] == 0 and set(m["extensions"]) == {".jpg", ".jpeg", ".png"}
     for fig in ("class_counts", "age_histogram", "class_grid", "rgb_histograms"):
         assert (tmp_path / "00_eda" / f"{fig}.png").stat().st_size > 1000
+    assert_shows_what_it_saved(tmp_path, "00_eda")
 
 
 def test_03_train(tmp_path):
-    execute("03_train", tmp_path, backbone="test_efficientnet", pretrained="none", n_folds=4)
+    execute("03_train", tmp_path, backbone="test_efficientnet", pretrained="none", n_folds=4, smoke=False,
+            img_size=32, epochs=2)
     m = metrics(tmp_path, "03_train")
     assert 0 <= m["f1"] <= 1 and m["folds"] == [0]
     assert (tmp_path / "fold0" / "best.pt").is_file() and (tmp_path / "03_train" / "fold_scores.png").is_file()
-    assert Config.from_yaml(tmp_path / "config.yaml").epochs == 1  # smoke reached the package
+    assert Config.from_yaml(tmp_path / "config.yaml").epochs == 2  # the notebook's parameters reached the package
+    texts = assert_shows_what_it_saved(tmp_path, "03_train")
+    epoch_lines = re.findall(r"^fold 0 epoch (\d)/2: train loss [\d.]+, val loss [\d.]+, val F1 [\d.]+ "
+                             r"\(mask [\d.]+, gender [\d.]+, age [\d.]+\), \d+ img/s", "\n".join(texts), re.M)
+    assert epoch_lines == ["1", "2"]  # one line per epoch, in the training cell's output
 
 
 def test_05_submission(trained_run):
@@ -54,6 +89,7 @@ def test_05_submission(trained_run):
     m = metrics(trained_run, "05_submission")
     assert m["rows"] == 21 and sum(m["predicted_class_counts"]) == 21
     assert (trained_run / "05_submission" / "predicted_classes.png").is_file()
+    assert_shows_what_it_saved(trained_run, "05_submission")
 
 
 def test_05_submission_averages_the_runs_ensemble_members(tiny_cfg, tmp_path):
@@ -83,7 +119,7 @@ def test_committed_notebooks_are_clean(path):
               for line in first.source.splitlines() if "=" in line and line[0] != "#"}
     assert set(values) - {"config_file"} <= set(Config.field_names()), "parameter names must be Config fields"
     # defaults live in mcls.config only: a value repeated here would silently beat a config_file's (e.g. a preset)
-    assert all(v == "None" for k, v in values.items() if k not in ("run_dir", "config_file")), values
+    assert all(v == "None" for k, v in values.items() if k != "config_file"), values
     assert "notebook_config(config_file" in code[1].source
 
 
@@ -92,17 +128,39 @@ def test_every_pipeline_notebook_exists():
 
 
 def test_pipeline_stops_with_the_cell_and_resumes(tmp_path, trained_run):
-    cfg = Config(data_dir=str(SAMPLE), run_dir=str(tmp_path / "pipe"), smoke=True)
+    values = dict(data_dir=str(SAMPLE), run_dir=str(tmp_path / "pipe"), smoke=True)
     with pytest.raises(PipelineError, match=r"05_submission failed in cell \d+ .*FileNotFoundError.*resume"):
-        run_pipeline(cfg, ("00_eda", "05_submission"), log=lambda *_: None)
+        run_pipeline(values, ("00_eda", "05_submission"), log=lambda *_: None)
     shutil.copytree(trained_run / "fold0", tmp_path / "pipe" / "fold0")  # the missing model arrives
+    shutil.copy(trained_run / "config.yaml", tmp_path / "pipe" / "config.yaml")
     lines = []
-    run_pipeline(cfg, ("00_eda", "05_submission"), log=lines.append)
+    run_pipeline(values, ("00_eda", "05_submission"), log=lines.append)
     assert "kept" in lines[0] and "done in" in lines[-1]
     assert (tmp_path / "pipe" / "notebooks" / "05_submission.ipynb").is_file()
     assert (tmp_path / "pipe" / "submission.csv").is_file()
     with pytest.raises(PipelineError, match="other parameters"):
-        run_pipeline(cfg.updated({"img_size": 32}), ("00_eda",))
+        run_pipeline({**values, "img_size": 32}, ("00_eda",))
+
+
+def test_pipeline_notebooks_say_where_each_parameter_came_from(tmp_path):
+    run_pipeline(dict(data_dir=str(SAMPLE), run_dir=str(tmp_path), smoke=True), ("00_eda",), log=lambda *_: None)
+    shown = " ".join(" ".join(assert_shows_what_it_saved(tmp_path, "00_eda")).split())
+    # the user set data_dir, run_dir and smoke; the pipeline injects nothing else as a notebook parameter
+    assert f"data_dir = '{SAMPLE}' (config_file)" in shown and "smoke = True (config_file)" in shown
+    assert "age_bounds = [30, 60] (default)" in shown and "(notebook)" not in shown
+    assert shown.count("train_old_age =") == 1  # printed once
+
+
+def test_pipeline_ends_with_the_score_the_run_folder_and_the_submission(tmp_path, trained_run, capsys):
+    from mcls.cli import main
+
+    shutil.copytree(trained_run, tmp_path / "run")
+    main(["pipeline", f"data_dir={SAMPLE}", f"run_dir={tmp_path / 'run'}", "smoke=true", "--only", "05_submission"])
+    out = capsys.readouterr()
+    last = out.out.strip().splitlines()[-4:]
+    assert last[0].startswith("validation macro F1 ") and "mask " in last[0] and "held-out persons" in last[0]
+    assert last[2] == f"submission:  {tmp_path / 'run' / 'submission.csv'}"
+    assert "without encryption" not in out.out + out.err  # the kernel's own warnings are not shown
 
 
 def test_04_gradcam(trained_run):
@@ -112,6 +170,7 @@ def test_04_gradcam(trained_run):
     assert all(0 <= v <= 1 for head in energy["heads"].values() for v in head.values() if v is not None)
     pngs = sorted(p.name for p in (trained_run / "04_gradcam").glob("cam_gradcam_*.png"))
     assert any("misclassified_mask" in p for p in pngs) and any("person" in p for p in pngs)
+    assert_shows_what_it_saved(trained_run, "04_gradcam")
 
 
 def test_02_face_crop(tmp_path):
@@ -121,6 +180,7 @@ def test_02_face_crop(tmp_path):
     for fig in ("confidence_histogram", "failures", "before_after"):
         assert (tmp_path / "02_face_crop" / f"{fig}.png").is_file()
     assert any((tmp_path / "cache").rglob("*.json"))  # detections were cached
+    assert_shows_what_it_saved(tmp_path, "02_face_crop")
 
 
 def test_01_relabel_writes_the_queue_and_appends_reviewed_decisions(tmp_path):
@@ -140,3 +200,4 @@ def test_01_relabel_writes_the_queue_and_appends_reviewed_decisions(tmp_path):
     assert len(written) == 1 and written["old"][0] == given and written["new"][0] != given
     queue = pd.read_csv(tmp_path / "01_relabel" / "queue.csv", dtype=str)
     assert not ((queue["person"] == person["person"]) & (queue["field"] == "gender")).any()  # decided: not re-asked
+    assert_shows_what_it_saved(tmp_path, "01_relabel")

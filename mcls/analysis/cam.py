@@ -306,7 +306,7 @@ def inspect_run(run_dir: str | Path, data_dir: str | Path | None = None, method:
     <head>.png, cam_<method>_person_<id>.png, and cam_energy.json, where this method's entry (see energy_summary)
     joins those of other methods. Energy is measured on every validation image (or a random `max_images`) for
     each head's predicted class.
-    Returns {"energy": this method's entry, "paths": {name: Path}, "figures": {name: matplotlib figure}}.
+    Returns {"energy": this method's entry, "paths": {name: Path}} (figures are saved and closed).
     """
     from mcls.analysis.plots import save
     from mcls.model.checkpoint import load_checkpoint
@@ -345,11 +345,10 @@ def inspect_run(run_dir: str | Path, data_dir: str | Path | None = None, method:
                 tiles.update({c: overlay(images[pos[c[0]]], m) for c, m in zip(cells, maps)})
         del model
 
-    out = {"paths": {}, "figures": {}}
+    out = {"paths": {}}
     for name, grid in grids.items():
         fig = image_grid([None if c is None else tiles[c[:3]] for c in grid["cells"]],
                           [None if c is None else c[3] for c in grid["cells"]], grid["ncols"], grid["title"])
-        out["figures"][name] = fig
         out["paths"][name] = save(fig, out_dir / f"cam_{method.replace('+', 'p')}_{name}.png")
     face = ("whole image (crop=none: the images are face crops already)" if getattr(cfg, "crop", "none") == "none"
             else f"whole image, which is the run's face crop (crop={cfg.crop}: the face plus margins)")

@@ -29,7 +29,7 @@ def cam_grid(run_dir: str | Path, table: pd.DataFrame, head: str, cls: int, corr
 
 
 def browser(run_dir: str | Path, data_dir: str | Path | None = None, n: int = 8):
-    """An ipywidgets panel over cam_grid; inert (but harmless) when no front end displays it."""
+    """An ipywidgets panel over cam_grid, showing the first head's first class at once."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
@@ -58,4 +58,5 @@ def browser(run_dir: str | Path, data_dir: str | Path | None = None, n: int = 8)
     head.observe(on_head, names="value")
     for w in (head, cls, correct, method):
         w.observe(redraw, names="value")
+    redraw()  # the first grid is drawn at once, not when a control first changes
     return widgets.VBox([widgets.HBox([head, cls]), widgets.HBox([correct, method]), out])

@@ -92,6 +92,9 @@ def rgb_histograms(table: pd.DataFrame, per_state: int = 60, size: int = 64, see
         for c, color in enumerate("rgb"):
             ax.hist(pixels[:, c], bins=64, range=(0, 255), histtype="step", color=color, density=True)
         ax.set_title(f"{MASK_STATES[state]} ({len(picks)} images)")
+        ax.set_xlabel("pixel intensity (0-255)")
+    axes[0].set_ylabel("share of pixels (density)")
+    axes[-1].legend(["red", "green", "blue"], fontsize=7)
     return fig
 
 

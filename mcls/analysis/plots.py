@@ -18,9 +18,12 @@ from mcls.labels import class_names
 
 
 def save(fig, path: str | Path) -> Path:
+    """Writes `fig` as a PNG and closes it: a saved figure is finished, and one left open would be drawn a second
+    time by a notebook's inline backend (and hold its memory in a long loop)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
     return path
 
 
@@ -66,18 +69,40 @@ def fold_scores_figure(per_fold: pd.DataFrame):
     return fig
 
 
-def class_distribution_figure(counts: pd.Series, title: str):
-    fig, ax = plt.subplots(figsize=(10, 3))
-    ax.bar(counts.index, counts.to_numpy())
-    ax.set_xticks(counts.index)
-    ax.set_xlabel("class")
+def class_distribution_figure(counts, title: str, age_bounds=(30, 60)):
+    """Images per class (a sequence of 18 counts in class order), each bar named mask / gender / age band."""
+    counts = np.asarray(counts)
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    ax.bar(np.arange(len(counts)), counts)
+    ax.set_xticks(np.arange(len(counts)), [f"{k} {n}" for k, n in enumerate(class_names(age_bounds))], rotation=60,
+                  ha="right", fontsize=7)
+    ax.set_xlabel("class (mask / gender / age band)")
     ax.set_ylabel("images")
     ax.set_title(title)
     return fig
 
 
+def confidence_histogram(confidences, cut: float):
+    """Best face confidence per image (log counts), with the cut under which an image counts as faceless."""
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.hist(pd.Series(confidences).dropna(), bins=50)
+    ax.axvline(cut, color="r", ls="--", label=f"confidence cut ({cut})")
+    ax.set_xlabel("best face confidence per image")
+    ax.set_ylabel("images (log scale)")
+    ax.set_yscale("log")
+    ax.legend()
+    return fig
+
+
 def image_grid(tiles: list, captions: list, ncols: int, title: str = ""):
-    """A matplotlib figure of image tiles (None leaves a cell blank), captions under the tiles."""
+    """A matplotlib figure of image tiles (None leaves a cell blank), each captioned above; a one-line figure that
+    says so when there is nothing to show."""
+    if all(t is None for t in tiles):
+        fig, ax = plt.subplots(figsize=(1.9 * ncols, 0.9))
+        ax.axis("off")
+        ax.text(0.5, 0.3, "none to show", ha="center", va="center", fontsize=9)
+        fig.suptitle(title, fontsize=9)
+        return fig
     nrows = max(1, math.ceil(len(tiles) / ncols))
     height = 2.1 * nrows + 0.5
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, height), squeeze=False)
@@ -89,7 +114,5 @@ def image_grid(tiles: list, captions: list, ncols: int, title: str = ""):
         if tile is not None:
             ax.imshow(tile)
             ax.set_title(caption, fontsize=7)
-    if not tiles:
-        axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center")
     fig.suptitle(title, fontsize=9)
     return fig

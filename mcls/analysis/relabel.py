@@ -69,13 +69,18 @@ def probe_oof(table: pd.DataFrame, n_folds: int = 5, seed: int = 42, backbone: s
 
     Minutes on a CPU for thousands of images, no training run needed. Unreadable images get NaN rows.
     """
+    import time
+
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     from mcls.data.folds import assign_folds
 
+    start = time.perf_counter()
     features, bad = embed(table["path"], backbone, size, device, crop, batch_size)
+    log.info("probe: %d images embedded by frozen %s in %.0f s; fitting %d folds x 3 heads", len(table), backbone,
+             time.perf_counter() - start, n_folds)
     ok = np.setdiff1d(np.arange(len(table)), bad)
     t = table.iloc[ok].reset_index(drop=True)
     x = features[ok]
@@ -107,13 +112,14 @@ def embed(paths, backbone: str = "tf_efficientnet_lite0", size: int = 224, devic
     from mcls.data.images import load_images
     from mcls.model.classifier import create_model
     from mcls.runtime.device import Runtime
+    from mcls.runtime.progress import progress
 
     rt = Runtime(device)
     model = rt.prepare(create_model(backbone, pretrained="offline", drop_rate=0.0)).eval()
     images, bad = load_images(paths, size, on_bad_image="skip", crop=crop)
     out = []
     with torch.no_grad():
-        for start in range(0, len(images), batch_size):
+        for start in progress(range(0, len(images), batch_size), desc="embed"):
             x = rt.to_input(torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2))
             with rt.autocast():
                 f = model.backbone(model.normalise(x)) + model.backbone(model.normalise(x.flip(-1)))

@@ -17,7 +17,8 @@ def strip_figure(table: pd.DataFrame, person: str, probs: np.ndarray | None = No
     strip = person_strip(table, person, probs, age_bounds)
     captions = []
     for r in strip.itertuples(index=False):
-        given = f"{r.stem}: {r.given_mask}, {r.given_gender}, {r.given_age}"
+        # one short line each: a 7-tile strip leaves ~30 characters per caption before neighbours overlap
+        given = f"{r.stem}\ngiven {r.given_mask}, {r.given_gender}, {r.given_age}"
         pred = f"\npred {r.pred_mask}, {r.pred_gender}, {r.pred_age}" if "pred_mask" in strip else ""
         captions.append(given + pred)
     tiles = [load_resized(p, 128) for p in strip["path"]]

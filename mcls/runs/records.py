@@ -94,3 +94,22 @@ def list_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:
         differing = [c for c in cfgs.columns if cfgs[c].astype(str).nunique() > 1]
         df = pd.concat([df, cfgs[differing]], axis=1)
     return df
+
+
+def result_lines(run_dir: str | Path, submission: str | Path | None = None) -> list[str]:
+    """The closing lines of a command that trained a run: its validation scores on held-out persons, where the
+    run is and where the submission is; what a user reads last."""
+    run = Run(run_dir)
+    summary = run.summary
+    if "f1" not in summary:
+        return [f"run folder:  {run.path}  (no validation scores yet: training did not finish)"]
+    persons = sum(fold.get("n_val_persons", 0) for fold in summary.get("per_fold", {}).values())
+    served = (f"; {summary['pc_f1']:.3f} with person-consistent answers" if run.config.person_consistent
+              and "pc_f1" in summary else "")
+    lines = [f"validation macro F1 {summary['f1']:.3f} (mask {summary['f1_mask']:.3f}, gender "
+             f"{summary['f1_gender']:.3f}, age {summary['f1_age']:.3f}) on {persons} held-out persons of fold(s) "
+             f"{summary['folds']}{served}",
+             f"run folder:  {run.path}  (config.yaml, fold*/metrics.csv, best.pt, learning curves)"]
+    if submission:
+        lines.append(f"submission:  {submission}")
+    return lines

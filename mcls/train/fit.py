@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from mcls.config import Config
 from mcls.data.dataset import TARGET_COLUMNS, ImageArrayDataset, make_loader, targets_of
@@ -27,6 +27,7 @@ from mcls.runtime import distributed
 from mcls.runtime.device import Runtime, seed_everything
 from mcls.runtime.progress import progress
 from mcls.train.augment import create_train_transform
+from mcls.train.ema import ema_model
 from mcls.train.losses import TaskLoss
 from mcls.train.mixing import BatchMixer
 from mcls.train.sampling import epoch_order, epoch_rows
@@ -105,8 +106,7 @@ def build(cfg: Config, rt: Runtime, train_df: pd.DataFrame, train_images: np.nda
     model = distributed.wrap(net, rt.device, cfg.sync_bn)
     if cfg.compile:  # training steps only; validation, EMA and checkpoints use the plain module
         model = torch.compile(model)
-    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
-        if cfg.ema_decay else None
+    ema = ema_model(net, cfg.ema_decay) if cfg.ema_decay else None
     targets = targets_of(train_df)
     persons = pd.factorize(train_df["person"])[0]
     if extra is not None and len(extra[0]):
@@ -189,9 +189,10 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
             save_training_state(out.last, parts.resumable(rt), state, cfg)
             write_csv(out.metrics, pd.DataFrame(state["history"]))
         distributed.barrier()
-        log.info("epoch %d: loss %.4f  val f1 %.4f (mask %.3f gender %.3f age %.3f)  %.1f img/s%s", row["epoch"],
-                 row["train_loss"], row["f1"], row["f1_mask"], row["f1_gender"], row["f1_age"],
-                 row["train_img_per_s"], "  *best" if improved else "")
+        log.info("fold %s epoch %d/%d: train loss %.3f, val loss %.3f, val F1 %.3f (mask %.3f, gender %.3f, "
+                 "age %.3f), %.0f img/s%s", out.k, row["epoch"], cfg.epochs, row["train_loss"], row["val_loss"],
+                 row["f1"], row["f1_mask"], row["f1_gender"], row["f1_age"], row["train_img_per_s"],
+                 "  *best" if improved else "")
     return finish_fold(cfg, out, val_df, val_ds, rt, state)
 
 
@@ -223,8 +224,5 @@ def finish_fold(cfg, out: Fold, val_df, val_ds, rt: Runtime, state: dict) -> dic
         write_json(out.summary, result)
         save(confusion_matrix_figure(confusion(labels, probs), cfg.age_bounds), out.figure("confusion_matrix"))
         save(learning_curves_figure(pd.DataFrame(state["history"])), out.figure("learning_curves"))
-        import matplotlib.pyplot as plt
-
-        plt.close("all")
     distributed.barrier()
     return result
