@@ -201,3 +201,18 @@ def test_01_relabel_writes_the_queue_and_appends_reviewed_decisions(tmp_path):
     queue = pd.read_csv(tmp_path / "01_relabel" / "queue.csv", dtype=str)
     assert not ((queue["person"] == person["person"]) & (queue["field"] == "gender")).any()  # decided: not re-asked
     assert_shows_what_it_saved(tmp_path, "01_relabel")
+
+
+def test_a_progress_bar_in_an_executed_notebook_is_updated_and_cleared_not_frozen(tmp_path):
+    import papermill as pm
+
+    book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import time\nfrom mcls.runtime.progress import progress\n"
+        "for _ in progress(range(3), desc='work', delay=0):\n    time.sleep(0.6)\nprint('done')")])
+    src, out = tmp_path / "bar.ipynb", tmp_path / "bar.out.ipynb"
+    nbformat.write(book, src)
+    pm.execute_notebook(str(src), str(out), kernel_name=ensure_kernel(), cwd=str(ROOT), progress_bar=False)
+    cell = nbformat.read(out, as_version=4).cells[0]
+    bars = [o for o in cell.outputs if o.output_type == "display_data"]
+    assert len(bars) == 1 and bars[0].data["text/plain"] == ""  # one line, updated in place, cleared at the end
+    assert cell.outputs[-1].text == "done\n"
