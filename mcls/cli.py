@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -9,7 +10,6 @@ import sys
 from pathlib import Path
 
 from mcls.config import Config, ConfigError, load_config, parse_overrides, read_yaml_keys
-from mcls.data.table import DataError
 
 
 def _config(args):
@@ -206,8 +206,10 @@ def cmd_relabel(args) -> None:
 
     cfg = _config(args)
     if args.apply:
+        from mcls.data.table import read_persons
+
         target = args.relabel_file or cfg.relabel_file or "data/relabel.csv"
-        written = apply_decisions(args.apply, target)
+        written = apply_decisions(args.apply, target, persons=read_persons(cfg.data_dir)["id"])
         print(f"appended {len(written)} decision(s) to {target}; load with relabel_file={target}")
         return
     out_dir = Path(args.out or Path("runs") / "relabel" / Path(cfg.data_dir).name)
@@ -225,6 +227,7 @@ def cmd_relabel(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcls", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or set MCLS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, fn, help_):
@@ -280,14 +283,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(err: OSError) -> str:
+    """One sentence for a failed read or write: which file, what happened, what to do."""
+    where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+    if err.errno == errno.ENOSPC:
+        return (f"{where}the disk is full; free space, then run the same command again (training: with --resume, "
+                "which continues after the last saved epoch; files written before are intact)")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}cannot write here (read-only or not yours); choose another path or fix its permissions"
+    return str(err)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Options and key=value overrides in any order (`predict tta=false --run R data_dir=D` is one command):
+    argparse alone takes positionals in one block only."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*getattr(args, "overrides", []), *extra]
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     quiet = int(os.environ.get("RANK", "0")) > 0  # under torchrun, rank 0 speaks for all
     logging.basicConfig(level=logging.WARNING if quiet else logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s")
     try:
         args.fn(args)
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"mcls {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # ConfigError, DataError, CheckpointError, OutputError and the OS's own
+        if args.debug or os.environ.get("MCLS_DEBUG"):
+            raise
+        message = describe_os_error(err) if isinstance(err, OSError) and type(err).__module__ == "builtins" \
+            else str(err)
+        print(f"mcls {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -140,9 +141,25 @@ class Config:
             out.append(f"n_folds={self.n_folds} must be at least 2")
         if not -1 <= self.fold < self.n_folds:
             out.append(f"fold={self.fold} must be -1 (all) or in 0..{self.n_folds - 1}")
-        for key in ("epochs", "batch_size", "img_size"):
+        for key in ("epochs", "batch_size", "patience", "cam_images"):
             if getattr(self, key) < 1:
-                out.append(f"{key}={getattr(self, key)} must be positive")
+                out.append(f"{key}={getattr(self, key)} must be at least 1")
+        if self.img_size < 32:  # five stride-2 stages leave nothing of a smaller image
+            out.append(f"img_size={self.img_size} must be at least 32 pixels")
+        if not self.lr > 0:  # lr=0 would train a whole run whose weights never move
+            out.append(f"lr={self.lr} must be positive (e.g. 1e-3)")
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            out.append(f"weight_decay={self.weight_decay} and warmup_epochs={self.warmup_epochs} must be >= 0")
+        if not 0 <= self.drop_rate < 1 or not 0 <= self.label_smoothing < 1 or self.focal_gamma < 0:
+            out.append(f"drop_rate={self.drop_rate} and label_smoothing={self.label_smoothing} must be in [0, 1), "
+                       f"focal_gamma={self.focal_gamma} >= 0")
+        if any(w < 0 for w in self.loss_weights) or not any(w > 0 for w in self.loss_weights):
+            out.append(f"loss_weights={self.loss_weights} must be >= 0 with at least one positive")
+        if not 0 < self.group_threshold <= 2 or not 0 <= self.pseudo_threshold <= 1:
+            out.append(f"group_threshold={self.group_threshold} must be in (0, 2] (a cosine distance), "
+                       f"pseudo_threshold={self.pseudo_threshold} in [0, 1]")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            out.append(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         if self.heads == "single" and self.age_head != "band":
             out.append(f"age_head={self.age_head!r} needs heads='multi'")
         if not 0 <= self.ema_decay < 1 or not 0 <= self.mix_prob <= 1 or self.mix_alpha <= 0 or self.age_sigma <= 0:

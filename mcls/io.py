@@ -1,8 +1,10 @@
 """Atomic writes: a crash leaves the old file or the new one, never half of one that a later run trusts."""
 from __future__ import annotations
 
+import filecmp
 import json
 import os
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -11,19 +13,59 @@ from pathlib import Path
 import pandas as pd
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
-def atomic_path(path: str | Path):
-    """Yields a temporary path beside `path`; on success it replaces `path` in one rename."""
+def atomic_path(path: str | Path, keep_previous: bool = False):
+    """Yields a temporary path beside `path`; once it is completely written it replaces `path` in one rename.
+
+    The file gets the mode the user's umask gives (mkstemp's 0600 would lock teammates out of a shared run). With
+    `keep_previous`, an existing `path` with other content is first kept as <stem>.<mtime><suffix> (a hard link,
+    so `path` is never missing: a failed write, e.g. a full disk, leaves the old file where it was)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    tmp = Path(tmp)
     try:
-        yield Path(tmp)
+        yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())
+        if keep_previous and path.is_file() and not filecmp.cmp(path, tmp, shallow=False):
+            _keep_copy(path)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _keep_copy(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    backup = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    try:
+        os.link(path, backup)
+    except OSError:  # a file system without hard links, or the name taken within the same second
+        shutil.copy2(path, backup)
+    return backup
+
+
+def writable_output(path: str | Path, what: str = "output") -> Path:
+    """`path` as a file that can be written, checked before any long work: one sentence if it cannot."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; give a file name, e.g. {path / 'predictions.csv'}")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path}: cannot write in {parent} (read-only or not yours); choose another path "
+                          "or fix its permissions")
+    return path
+
+
+class OutputError(OSError):
+    """A file the kit was asked to write cannot be written; the message names it and says what to do."""
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -35,8 +77,8 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
 
-def write_csv(path: str | Path, df: pd.DataFrame, **kwargs) -> None:
-    with atomic_path(path) as tmp:
+def write_csv(path: str | Path, df: pd.DataFrame, keep_previous: bool = False, **kwargs) -> None:
+    with atomic_path(path, keep_previous) as tmp:
         df.to_csv(tmp, index=False, **kwargs)
 
 
@@ -45,17 +87,6 @@ def save_torch(path: str | Path, obj) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-def keep_previous(path: str | Path, new_text: str) -> Path | None:
-    """Before `path` is replaced by different content, moves the old file to <stem>.<mtime><suffix>; returns it."""
-    path = Path(path)
-    if not path.exists() or path.read_text() == new_text:
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
-    backup = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
-    os.replace(path, backup)
-    return backup
 
 
 def _jsonable(x):

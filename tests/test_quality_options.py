@@ -9,7 +9,7 @@ from conftest import SAMPLE, TINY
 from sklearn.metrics import adjusted_rand_score
 
 from mcls.analysis.robustness import SHIFTS, shifted
-from mcls.config import Config
+from mcls.config import Config, ConfigError
 from mcls.infer.persons import face_embeddings, group_images, share_within_groups
 from mcls.model.checkpoint import load_checkpoint
 from mcls.model.classifier import AGE_BINS, class_log_probs, create_model
@@ -176,8 +176,9 @@ def test_pseudo_labelled_images_join_training(trained_run, tmp_path, source):
 def test_pseudo_teacher_must_have_the_fold(trained_run, tmp_path):
     cfg = Config(data_dir=str(SAMPLE), run_dir=str(tmp_path / "student"), **{**TINY, "fold": 2},
                  pseudo_label="validation", pseudo_run=str(trained_run))
-    with pytest.raises(FileNotFoundError, match="fold 2"):
-        train(cfg)
+    with pytest.raises(ConfigError, match=r"pseudo_run=.* has no model for fold\(s\) \[2\]; train those folds"):
+        train(cfg)  # refused before the student's run folder is made
+    assert not (tmp_path / "student").exists()
 
 
 def test_an_epoch_keeps_every_person_and_k_of_their_masked_photos():

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mcls.data.table import RELABEL_FIELDS, DataError, read_relabels
+from mcls.data.table import DataError, decision_value, read_relabels
 from mcls.io import atomic_path
 from mcls.labels import FILE_MASK, GENDERS, MASK_STATES, NUM_CLASSES, PROB_COLUMNS, age_band, age_band_names, decode
 
@@ -274,11 +274,18 @@ def record_decision(path: str | Path, person: str, field: str, old, new, reason:
     return record_decisions(path, [{"id": person, "field": field, "old": old, "new": new, "reason": reason}])[0]
 
 
-def record_decisions(path: str | Path, decisions) -> list[dict]:
-    """Appends many decisions in one atomic write; returns the rows written (same checks as record_decision)."""
+def record_decisions(path: str | Path, decisions, persons=None) -> list[dict]:
+    """Appends many decisions in one atomic write; returns the rows written (same checks as record_decision).
+    With `persons` (the data's person ids), a decision about anyone else is refused before anything is written."""
+    if persons is not None:
+        known = set(map(str, persons))
+        unknown = sorted({str(d["id"]) for d in decisions} - known)
+        if unknown:
+            raise DataError(path, [f"no such person in train.csv: {', '.join(unknown[:10])}; nothing was written"])
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    rows = [{"id": str(d["id"]), "field": d["field"], "old": _value(d["field"], d.get("old", ""), allow_empty=True),
-             "new": _value(d["field"], d["new"]), "reason": str(d.get("reason", "")).strip(), "time": stamp}
+    rows = [{"id": str(d["id"]), "field": d["field"],
+             "old": decision_value(d["field"], d.get("old", ""), allow_empty=True),
+             "new": decision_value(d["field"], d["new"]), "reason": str(d.get("reason", "")).strip(), "time": stamp}
             for d in decisions]
     path = Path(path)
     with _locked(path):
@@ -297,27 +304,6 @@ def record_decisions(path: str | Path, decisions) -> list[dict]:
         with atomic_path(path) as tmp:
             tmp.write_bytes(before + sep + text.getvalue().encode())
     return rows
-
-
-def _value(field: str, value, allow_empty: bool = False) -> str:
-    if field not in RELABEL_FIELDS:
-        raise ValueError(f"field {field!r} is not one of {RELABEL_FIELDS}")
-    v = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip().lower()
-    if allow_empty and v == "":
-        return v
-    if field == "gender" and v not in GENDERS:
-        raise ValueError(f"gender {value!r} is not one of {GENDERS}")
-    if field == "swap_normal_incorrect" and v not in ("true", "false"):
-        raise ValueError(f"swap_normal_incorrect must be true or false, got {value!r}")
-    if field == "age":
-        try:
-            age = float(v)
-        except ValueError:
-            raise ValueError(f"age {value!r} is not a number") from None
-        if not 0 <= age <= 120 or age != int(age):
-            raise ValueError(f"age {value!r} is not a whole number of years in 0..120")
-        v = str(int(age))
-    return v
 
 
 class _locked:
@@ -354,7 +340,7 @@ def decide(path: str | Path, row, action: str, value=None, reviewer_note: str = 
     return record_decision(path, row["person"], row["field"], row["given"], new, reason)
 
 
-def apply_decisions(decisions: str | Path | pd.DataFrame, relabel_path: str | Path) -> pd.DataFrame:
+def apply_decisions(decisions: str | Path | pd.DataFrame, relabel_path: str | Path, persons=None) -> pd.DataFrame:
     """Appends the reviewed rows of a decisions CSV (a queue with a `decision` column: keep / accept / set, and
     `value` for set) to the relabel file, for papermill and headless runs; rows with no decision are skipped.
     Returns the rows written."""
@@ -373,10 +359,12 @@ def apply_decisions(decisions: str | Path | pd.DataFrame, relabel_path: str | Pa
         try:
             if action not in ("keep", "accept", "set") or new is None:
                 raise ValueError(f"decision {action!r} needs to be keep, accept, or set with a value")
-            todo.append({"id": r["person"], "field": r["field"], "old": r["given"], "new": _value(r["field"], new),
+            todo.append({"id": r["person"], "field": r["field"], "old": r["given"],
+                         "new": decision_value(r["field"], new),
                          "reason": f"{action}: {r.get('reason', '')}".strip()})
         except ValueError as err:
             problems.append(f"row {i + 2} (person {r['person']!r}): {err}")
     if problems:
         raise DataError(where, problems)
-    return pd.DataFrame(record_decisions(relabel_path, todo) if todo else [], columns=RELABEL_COLUMNS)
+    written = record_decisions(relabel_path, todo, persons) if todo else []
+    return pd.DataFrame(written, columns=RELABEL_COLUMNS)

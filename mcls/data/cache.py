@@ -36,6 +36,22 @@ def cache_key(paths, size: int, crop) -> str:
     return hashlib.sha1(blob).hexdigest()[:20]
 
 
+def _read_entry(array_file: Path, meta_file: Path, n: int, size: int):
+    """(images, bad) from a cache entry, or None when it is missing or damaged (a truncated or foreign .npy, an
+    unreadable .json): a cache is rebuilt, never trusted blindly and never fatal."""
+    if not (array_file.exists() and meta_file.exists()):
+        return None
+    try:
+        bad = json.loads(meta_file.read_text())["bad"]
+        images = np.load(array_file, mmap_mode="r")
+        if images.shape != (n, size, size, 3) or images.dtype != np.uint8:
+            raise ValueError(f"shape {images.shape}, dtype {images.dtype}")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("image cache %s is damaged (%s); decoding again", array_file, err)
+        return None
+    return images, list(bad)
+
+
 def cached_images(paths, size: int, on_bad_image: str = "error", crop=None, cache_dir: str | Path = ""):
     """load_images, through the cache in `cache_dir` ("" = no cache). Returns (array, bad indices); a cached
     array is a read-only memory map. Bad files are remembered, and raise again under on_bad_image=error."""
@@ -45,12 +61,13 @@ def cached_images(paths, size: int, on_bad_image: str = "error", crop=None, cach
     cache_dir = Path(cache_dir)
     key = cache_key(paths, size, crop)
     array_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if array_file.exists() and meta_file.exists():
-        bad = json.loads(meta_file.read_text())["bad"]
+    cached = _read_entry(array_file, meta_file, len(paths), size)
+    if cached is not None:
+        images, bad = cached
         if bad and on_bad_image == "error":  # raises with each file's own problem
             load_images([paths[i] for i in bad], size, "error", crop=crop)
         log.info("images: %d from cache %s", len(paths), array_file)
-        return np.load(array_file, mmap_mode="r"), bad
+        return images, bad
     images, bad = load_images(paths, size, on_bad_image, crop=crop)  # raises before caching under "error"
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = array_file.with_name(f".{array_file.name}.{os.getpid()}.tmp")

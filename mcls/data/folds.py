@@ -11,6 +11,9 @@ from sklearn.model_selection import StratifiedGroupKFold
 def assign_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.Series:
     """Fold number per image row, grouped by `person` and stratified on gender x age band."""
     persons = table.drop_duplicates("person")
+    if n_folds > len(persons):
+        raise ValueError(f"n_folds={n_folds} is more than the {len(persons)} persons in the data: each fold needs "
+                         "its own persons; use fewer folds (5 is usual)")
     cell = persons["gender"] * 3 + persons["age_band"]
     small = cell.value_counts()
     small = small[small < n_folds]

@@ -15,11 +15,19 @@ class BadImageError(ValueError):
     """An image that cannot be decoded; names every such file."""
 
 
+# Far above any camera's face photo (a 24 MP camera gives 24e6), far below what would exhaust memory.
+MAX_PIXELS = 64_000_000
+
+
 def decode_image(path: str | Path) -> np.ndarray:
     """RGB uint8 HxWx3, EXIF orientation applied; grayscale, palette, alpha and 16-bit files are converted."""
     path = Path(path)
     try:
         with Image.open(path) as im:
+            # checked from the header, before decoding: a "decompression bomb" would take minutes and gigabytes
+            if im.width * im.height > MAX_PIXELS:
+                raise BadImageError(f"{path}: {im.width}x{im.height} pixels is more than the {MAX_PIXELS // 10**6} "
+                                    "megapixels accepted for one face photo; resize it or leave it out")
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -32,6 +40,8 @@ def decode_image(path: str | Path) -> np.ndarray:
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(background, im)
             return np.asarray(im.convert("RGB"))
+    except BadImageError:
+        raise
     except FileNotFoundError:
         raise BadImageError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:

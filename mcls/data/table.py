@@ -138,6 +138,9 @@ def load_eval_table(data_dir: str | Path) -> pd.DataFrame:
     info = pd.read_csv(csv, dtype=str, keep_default_na=False)
     if "ImageID" not in info.columns:
         raise DataError(csv, [f"missing column 'ImageID' (columns: {list(info.columns)})"])
+    if info.empty:
+        raise DataError(csv, ["lists no images (a header only); the competition's info.csv has one row per eval "
+                              "image"])
     problems = [f"ImageID {i!r} appears {n} times" for i, n in info["ImageID"].value_counts().items() if n > 1]
     image_dir = data_dir / "eval" / "images"
     paths = [image_dir / i for i in info["ImageID"]]
@@ -176,6 +179,30 @@ def read_relabels(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def decision_value(field: str, value, allow_empty: bool = False) -> str:
+    """A relabel decision's value in its stored form, or ValueError saying what is wrong. The one validator of
+    decisions: applied when a decision is written and again when the file is read, so a hand-edited file cannot
+    carry what the kit would refuse to write."""
+    if field not in RELABEL_FIELDS:
+        raise ValueError(f"field {field!r} is not one of {RELABEL_FIELDS}")
+    v = "" if value is None or (isinstance(value, float) and value != value) else str(value).strip().lower()
+    if allow_empty and v == "":
+        return v
+    if field == "gender" and v not in GENDERS:
+        raise ValueError(f"gender {value!r} is not one of {GENDERS}")
+    if field == "swap_normal_incorrect" and v not in ("true", "false"):
+        raise ValueError(f"swap_normal_incorrect must be true or false, got {value!r}")
+    if field == "age":
+        try:
+            age = float(v)
+        except ValueError:
+            raise ValueError(f"age {value!r} is not a number") from None
+        if not 0 <= age <= 120 or age != int(age):
+            raise ValueError(f"age {value!r} is not a whole number of years in 0..120")
+        v = str(int(age))
+    return v
+
+
 def apply_relabels(persons: pd.DataFrame, relabels: pd.DataFrame) -> pd.DataFrame:
     """Applies the latest decision per (person, field) to a copy of the person table; files are never touched."""
     source = relabels.attrs.get("source", "relabels")
@@ -189,24 +216,20 @@ def apply_relabels(persons: pd.DataFrame, relabels: pd.DataFrame) -> pd.DataFram
         if r["id"] not in index:
             problems.append(f"{where}: no such person in train.csv")
             continue
-        value = str(r["new"]).strip().lower()
+        try:
+            value = decision_value(r["field"], r["new"])
+        except ValueError as err:
+            problems.append(f"{where}: {err}")
+            continue
         if r["field"] == "gender":
-            if value not in GENDERS:
-                problems.append(f"{where}: gender {r['new']!r} is not one of {GENDERS}")
-                continue
             out.loc[index[r["id"]], "gender"] = value
         elif r["field"] == "age":
-            try:
-                out.loc[index[r["id"]], "age"] = int(float(value))
-            except ValueError:
-                problems.append(f"{where}: age {r['new']!r} is not a number")
+            out.loc[index[r["id"]], "age"] = int(value)
         else:
-            if value not in ("true", "false"):
-                problems.append(f"{where}: swap_normal_incorrect must be true or false, got {r['new']!r}")
-                continue
             out.loc[index[r["id"]], "swap_normal_incorrect"] = value == "true"
     if problems:
-        raise DataError(source, problems)
+        raise DataError(source, [*problems, "fix or delete these rows (later rows win, so a corrected row appended "
+                                            "after a wrong one also works)"])
     return out
 
 

@@ -42,9 +42,23 @@ def group_images(embeddings: np.ndarray, threshold: float) -> np.ndarray:
     """Group id per image: average-linkage clusters whose members lie within `threshold` cosine distance."""
     if len(embeddings) < 2:
         return np.zeros(len(embeddings), dtype=int)
-    clusterer = AgglomerativeClustering(n_clusters=None, distance_threshold=threshold, metric="cosine",
+    clusterer = AgglomerativeClustering(n_clusters=None, distance_threshold=threshold, metric="precomputed",
                                         linkage="average")
-    return clusterer.fit_predict(embeddings)
+    return clusterer.fit_predict(cosine_distances(embeddings))
+
+
+def cosine_distances(embeddings: np.ndarray) -> np.ndarray:
+    """(N, N) cosine distances that also hold for zero vectors, which centring gives to duplicate photos and to a
+    folder of identical (e.g. all-black) images: two zero vectors are the same picture (distance 0), a zero vector
+    and any other are unrelated (distance 1)."""
+    e = np.asarray(embeddings, dtype=np.float32)
+    norms = np.linalg.norm(e, axis=1)
+    zero = norms < 1e-4
+    unit = np.divide(e, norms[:, None], out=np.zeros_like(e), where=~zero[:, None])
+    dist = np.clip(1 - unit @ unit.T, 0, 2)
+    dist[np.ix_(zero, zero)] = 0
+    np.fill_diagonal(dist, 0)
+    return dist
 
 
 def share_within_groups(probs: np.ndarray, groups: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import pandas as pd
 from mcls.data.table import list_images, load_eval_table
 from mcls.infer.predictor import predict_paths
 from mcls.infer.serving import Serving
-from mcls.io import keep_previous, write_csv
+from mcls.io import writable_output, write_csv
 from mcls.labels import GENDERS, MASK_STATES, NUM_CLASSES, PROB_COLUMNS, age_band_names, decode
 
 
@@ -50,13 +50,12 @@ def write_submission(data_dir: str | Path, run, out: str | Path | None = None, d
     serving = served(run, overrides)
     if out is None and serving.several_runs:
         raise ValueError("an ensemble of runs needs an output path (--out): no single run folder owns it")
+    out = writable_output(out if out else serving.runs[0].submission_file, "submission")
     info = load_eval_table(data_dir)
     probs = predict_paths(info["path"], serving, device)[0]
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": probs.argmax(1).astype(int)})
-    out = Path(out) if out else serving.runs[0].submission_file
     check_submission(sub, info, str(out))
-    keep_previous(out, sub.to_csv(index=False))
-    write_csv(out, sub)
+    write_csv(out, sub, keep_previous=True)  # an earlier submission is kept beside it, never lost
     return out
 
 
@@ -77,8 +76,9 @@ def predict_folder(folder: str | Path, run, out: str | Path, device: str = "auto
     """Predicts every image under `folder` into a CSV as the run (or runs, averaged) serves it; unreadable files are
     listed (skip) or stop the run (error)."""
     serving = served(run, overrides)
+    out = writable_output(out, "--out")
     paths = list_images(folder)
     probs, bad, cfg = predict_paths(paths, serving, device, on_bad_image=on_bad_image)
     keep = np.setdiff1d(np.arange(len(paths)), bad)
-    write_csv(out, predictions_table([paths[i] for i in keep], probs[keep], cfg.age_bounds))
-    return Path(out)
+    write_csv(out, predictions_table([paths[i] for i in keep], probs[keep], cfg.age_bounds), keep_previous=True)
+    return out

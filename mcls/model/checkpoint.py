@@ -11,19 +11,38 @@ from mcls.io import save_torch
 from mcls.model.classifier import MaskClassifier, model_from_config
 
 
-def load_checkpoint(path: str | Path, device="cpu") -> tuple[MaskClassifier, Config]:
-    """Rebuilds the model from the config stored inside the checkpoint (no weights are fetched)."""
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+def read_checkpoint(path: str | Path, device="cpu", fix: str = "restore it or train again",
+                    keys: tuple[str, ...] = ("model", "config")) -> dict:
+    """The checkpoint's dict, or one sentence: which file, what is wrong (missing, truncated, not mcls's), `fix`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # a truncated zip, a foreign pickle, a text file: torch raises many types
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or not written by mcls "
+                              f"({type(err).__name__}); {fix}") from None
+    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not an mcls checkpoint (no {', '.join(missing)}); {fix}")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, device="cpu") -> tuple[MaskClassifier, Config]:
+    """Rebuilds the model from the config stored inside the checkpoint (no weights are fetched)."""
+    path = Path(path)
+    ckpt = read_checkpoint(path, device, fix="train that fold again (mcls train --resume) or restore the file")
     cfg = Config.from_dict(ckpt["config"], source=str(path))
     model = model_from_config(cfg, pretrained="none")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit backbone {cfg.backbone!r} / heads {cfg.heads!r}: "
-                         f"{str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{path}: weights do not fit backbone {cfg.backbone!r} / heads {cfg.heads!r}: "
+                              f"{str(err).splitlines()[0]}") from None
     return model.to(device).eval(), cfg
 
 
@@ -41,7 +60,8 @@ def save_training_state(path: str | Path, parts: dict, state: dict, cfg: Config)
 
 def load_training_state(path: str | Path, parts: dict, device) -> dict:
     """Loads each part's state_dict from `path` in place; returns the loop's state."""
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = read_checkpoint(path, device, keys=("state",),
+                           fix="delete it and resume again to restart this fold from its first epoch, or restore it")
     for name, part in parts.items():
         if part is not None:
             part.load_state_dict(ckpt[name])

@@ -83,6 +83,16 @@ class Fold:
 
 
 @lru_cache(maxsize=64)
+def read_json(path: Path, fix: str) -> dict:
+    """A run record ({} when absent), or one sentence naming the damaged file and `fix`."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{path}: not valid JSON (truncated or edited by hand); {fix}") from None
+
+
 def _cached_csv(path: str, mtime: float) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"person": str})
 
@@ -195,7 +205,7 @@ class Run:
 
     @property
     def summary(self) -> dict:
-        return json.loads(self.summary_file.read_text()) if self.summary_file.is_file() else {}
+        return read_json(self.summary_file, "run `mcls train --resume` with this run_dir to write it again")
 
     @property
     def calibration(self) -> dict | None:

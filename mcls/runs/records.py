@@ -12,7 +12,7 @@ import pandas as pd
 from mcls import __version__
 from mcls.config import Config
 from mcls.io import write_json, write_text
-from mcls.runs.layout import Run
+from mcls.runs.layout import Run, read_json
 
 
 class RunExistsError(FileExistsError):
@@ -82,11 +82,15 @@ def list_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:
     found = sorted(Path(runs_dir).iterdir()) if Path(runs_dir).is_dir() else []
     for run in [Run(d) for d in found if Run(d).config_file.is_file()]:
         cfg = run.config.to_dict()
-        metrics = run.summary
-        fp = json.loads(run.info_file.read_text()).get("data_fingerprint") if run.info_file.exists() else None
-        rows.append({"run": run.path.name, "data": fp, **{k: metrics.get(k) for k in ("f1", "pc_f1", "cal_f1", "ens_f1", "f1_mask",
-                                                                                    "f1_gender", "f1_age", "f1_old",
-                                                                                    "folds")}})
+        try:
+            metrics, note = run.summary, ""
+            fp = read_json(run.info_file, "").get("data_fingerprint")
+        except ValueError as err:  # one damaged record must not hide the other runs
+            metrics, fp, note = {}, None, str(err).split(";")[0]
+        rows.append({"run": run.path.name, "data": fp,
+                     **{k: metrics.get(k) for k in ("f1", "pc_f1", "cal_f1", "ens_f1", "f1_mask", "f1_gender",
+                                                    "f1_age", "f1_old", "folds")},
+                     **({"problem": note} if note else {})})
         configs.append(cfg)
     df = pd.DataFrame(rows)
     if configs:

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import torch
 
+from mcls.config import ConfigError
 from mcls.runtime import distributed
 
 
@@ -15,9 +16,16 @@ def select_device(name: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             return torch.device("cpu")
         return torch.device("cuda", distributed.local_rank()) if distributed.active() else torch.device("cuda")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device torch knows; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} asked for, but torch sees no CUDA GPU")
+        raise ConfigError(f"device={name!r}: torch {torch.__version__} sees no CUDA GPU on this machine; use "
+                          "device=auto (GPU when there is one) or device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

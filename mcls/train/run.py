@@ -19,6 +19,7 @@ from mcls.runs.records import open_run, write_run_info
 from mcls.runs.tracking import log_run
 from mcls.runtime import distributed
 from mcls.train.fit import fit
+from mcls.train.preflight import check_references
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +50,29 @@ def train(cfg: Config, resume: bool = False) -> dict:
     opened = None
     if distributed.is_main():
         try:
+            if not resume:  # a resumed run is checked as saved, below
+                check_references(cfg.resolved())
             opened = open_run(cfg.resolved(), resume=resume)
+            if resume:
+                check_references(opened[0])
         except Exception as err:  # every rank must learn of it, or the others wait forever
             opened = err
     opened = distributed.broadcast(opened)
     if isinstance(opened, Exception):
         raise opened
     cfg, run_dir = opened
-    table, images = load_training_data(cfg)
-    if distributed.is_main():
-        write_run_info(run_dir, data_fingerprint(table), len(table), {"processes": distributed.world()})
-    folds = range(cfg.n_folds) if cfg.fold == -1 else [cfg.fold]
-    results = {}
-    for k in folds:
-        results[k] = fit_fold(cfg, table, images, k, Run(run_dir).fold(k), resume=resume)
+    try:
+        table, images = load_training_data(cfg)
+        if distributed.is_main():
+            write_run_info(run_dir, data_fingerprint(table), len(table), {"processes": distributed.world()})
+        folds = range(cfg.n_folds) if cfg.fold == -1 else [cfg.fold]
+        results = {}
+        for k in folds:
+            results[k] = fit_fold(cfg, table, images, k, Run(run_dir).fold(k), resume=resume)
+    except BaseException:
+        if not resume and distributed.is_main():
+            forget_unstarted(Run(run_dir))
+        raise
     summary = summarise_folds(results)
     if cfg.members:
         summary.update(train_members(cfg, run_dir))
@@ -73,6 +83,20 @@ def train(cfg: Config, resume: bool = False) -> dict:
         log_run(cfg, run_dir)
     distributed.barrier()
     return summary
+
+
+def forget_unstarted(run: Run) -> None:
+    """A run that failed before its first epoch was saved holds nothing worth resuming: its records go, so that
+    the same command, fixed, starts again instead of being refused as an existing run."""
+    if any(run.path.glob("fold*/last.pt")):
+        return
+    for path in (run.config_file, run.info_file):
+        path.unlink(missing_ok=True)
+    for sub in sorted(run.path.glob("fold*"), reverse=True):
+        if sub.is_dir() and not any(sub.iterdir()):
+            sub.rmdir()
+    if run.path.is_dir() and not any(run.path.iterdir()):
+        run.path.rmdir()
 
 
 def train_members(cfg: Config, run_dir) -> dict:
