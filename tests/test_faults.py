@@ -77,6 +77,17 @@ def test_every_reference_is_checked_before_the_first_epoch_and_a_fixed_retry_sta
     train(tiny_cfg)  # the same run_dir, fixed: starts, not "already holds a run"
 
 
+def test_a_read_only_run_folder_is_refused_before_anything_starts(tiny_cfg, tmp_path, monkeypatch):
+    from mcls.train.run import train
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access  # tests run as root here, for whom chmod 555 would not lock anything
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    with pytest.raises(ConfigError, match=r"run_dir=.*: cannot write in .*locked \(read-only or not yours\)"):
+        train(tiny_cfg.updated({"run_dir": str(locked / "run")}))
+
+
 def test_a_run_that_fails_before_its_first_epoch_leaves_nothing_that_blocks_the_retry(tiny_cfg):
     from mcls.train.run import train
 

@@ -11,6 +11,7 @@ from mcls.config import Config, ConfigError
 def reference_problems(cfg: Config) -> list[str]:
     """What is wrong with the files, presets, runs and device `cfg` names; [] when it can start."""
     problems = []
+    problems += _run_dir_problems(cfg.run_dir)
     problems += _device_problems(cfg.device)
     problems += _backbone_problems(cfg.backbone)
     problems += _pretrained_problems(cfg.pretrained)
@@ -27,6 +28,18 @@ def check_references(cfg: Config) -> None:
     problems = reference_problems(cfg)
     if problems:
         raise ConfigError("the run cannot start:\n  " + "\n  ".join(problems))
+
+
+def _run_dir_problems(run_dir: str) -> list[str]:
+    import os
+
+    path = Path(run_dir or "runs")
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        return [f"run_dir={run_dir!r}: {parent} is a file, not a folder"]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [f"run_dir={run_dir!r}: cannot write in {parent} (read-only or not yours); choose another run_dir"]
+    return []
 
 
 def _device_problems(device: str) -> list[str]:
