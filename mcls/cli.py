@@ -158,6 +158,52 @@ def cmd_pipeline(args) -> None:
     print("", *result_lines(run_dir.path, sub), f"executed notebooks: {run_dir.path / 'notebooks'}", sep="\n")
 
 
+def cmd_vote(args) -> None:
+    """Combines teammates' submissions or probability files into one checked submission."""
+    from mcls.data.table import load_eval_table
+    from mcls.infer.submission import check_submission, probabilities_table
+    from mcls.infer.vote import probs_file, vote
+    from mcls.io import writable_output, write_csv
+
+    # `files` is greedy: key=value words among them are overrides
+    args.overrides += [f for f in args.files if "=" in f and not Path(f).exists()]
+    files = [f for f in args.files if f not in args.overrides]
+    cfg = _config(args)
+    out = writable_output(args.out, "--out")
+    info = load_eval_table(cfg.data_dir)
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    soft = {"soft": True, "hard": False, "auto": None}[args.mode]
+    sub, probs, how = vote(files, info, weights, soft)
+    check_submission(sub, info, str(out))
+    write_csv(out, sub, keep_previous=True)
+    if probs is not None:
+        write_csv(probs_file(out), probabilities_table(info["ImageID"], probs), keep_previous=True)
+    print(f"{how}\nwrote {out}" + (f" and {probs_file(out)}" if probs is not None else ""))
+
+
+def cmd_diff(args) -> None:
+    """Where two submissions (or two runs' submissions) disagree, per head."""
+    from mcls.data.table import load_eval_table
+    from mcls.infer.vote import HEADS, answers_file, disagreements
+
+    cfg = _config(args)
+    info = load_eval_table(cfg.data_dir)
+    d = disagreements(args.a, args.b, info)
+    print(f"A = {answers_file(args.a)}\nB = {answers_file(args.b)}\n"
+          f"{d['n']} of {d['of']} images answered differently ({d['n'] / max(d['of'], 1):.1%})")
+    for head in HEADS:
+        if len(d[head]):
+            print(f"\n{head}: A's answer (rows) vs B's (columns), where they differ\n{d[head].to_string()}")
+    if args.out and d["n"]:
+        from mcls.infer.vote import read_answers
+        from mcls.io import write_csv
+
+        rows = info.iloc[d["rows"]][["ImageID"]].copy()
+        rows["a"], rows["b"] = read_answers(args.a, info)[0][d["rows"]], read_answers(args.b, info)[0][d["rows"]]
+        write_csv(args.out, rows)
+        print(f"\nthe {d['n']} differing rows: {args.out}")
+
+
 def cmd_cam(args) -> None:
     """CAM grids (PNG) and face-energy figures (cam_energy.json) for a trained run, written into the run folder."""
     from mcls.analysis.cam import inspect_run
@@ -277,6 +323,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=20, help="suspects to print")
     p.add_argument("--apply", metavar="CSV", help="append the reviewed rows of this decisions CSV instead")
     p.add_argument("--relabel-file", help="decisions log to append to (default: relabel_file, else data/relabel.csv)")
+    def add_with_files(name, fn, help_):
+        # file arguments of their own: key=value overrides reach it through parse_args' extras
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--config", help="YAML file of config keys, or a preset name")
+        p.set_defaults(fn=fn, overrides=[])
+        return p
+
+    p = add_with_files("vote", cmd_vote,
+                       "combine submissions (hard vote) or probability files (soft vote) into one submission")
+    p.add_argument("files", nargs="+", metavar="CSV_OR_RUN", help="submissions, *_probs.csv files or run folders")
+    p.add_argument("--out", required=True, help="the combined submission")
+    p.add_argument("--weights", help="comma-separated, one per file (default: equal)")
+    p.add_argument("--mode", choices=("auto", "soft", "hard"), default="auto",
+                   help="auto: soft when every file has probabilities, else hard")
+    p = add_with_files("diff", cmd_diff, "where two submissions (or two runs' submission.csv) disagree, per head")
+    p.add_argument("a", metavar="A")
+    p.add_argument("b", metavar="B")
+    p.add_argument("--out", help="also write the differing rows (ImageID, a, b) to this CSV")
     p = sub.add_parser("runs", help="list runs with key metrics and differing config keys")
     p.add_argument("runs_dir", nargs="?", default="runs")
     p.set_defaults(fn=cmd_runs)

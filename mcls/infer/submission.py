@@ -9,6 +9,7 @@ import pandas as pd
 from mcls.data.table import list_images, load_eval_table
 from mcls.infer.predictor import predict_paths
 from mcls.infer.serving import Serving
+from mcls.infer.vote import probs_file
 from mcls.io import writable_output, write_csv
 from mcls.labels import GENDERS, MASK_STATES, NUM_CLASSES, PROB_COLUMNS, age_band_names, decode
 
@@ -56,7 +57,15 @@ def write_submission(data_dir: str | Path, run, out: str | Path | None = None, d
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": probs.argmax(1).astype(int)})
     check_submission(sub, info, str(out))
     write_csv(out, sub, keep_previous=True)  # an earlier submission is kept beside it, never lost
+    # the probabilities beside it, so that teammates can soft-vote (mcls vote)
+    write_csv(probs_file(out), probabilities_table(info["ImageID"], probs), keep_previous=True)
     return out
+
+
+def probabilities_table(image_ids, probs: np.ndarray) -> pd.DataFrame:
+    """ImageID and p0..p17: what a soft vote reads."""
+    return pd.concat([pd.DataFrame({"ImageID": list(image_ids)}), pd.DataFrame(probs.round(6), columns=PROB_COLUMNS)],
+                     axis=1)
 
 
 def predictions_table(paths, probs: np.ndarray, age_bounds=(30, 60)) -> pd.DataFrame:
