@@ -111,10 +111,32 @@ def cmd_check(args) -> None:
 
 
 def cmd_runs(args) -> None:
+    from mcls.analysis.leaderboard import cv_lb_agreement, cv_lb_figure, describe_agreement
     from mcls.runs.records import list_runs
 
     df = list_runs(args.runs_dir)
     print(df.to_string(index=False) if len(df) else f"no runs in {args.runs_dir}")
+    if len(df) and df["lb_public"].notna().any():
+        for board in ("lb_public", "lb_private"):
+            if df[board].notna().any():
+                print(describe_agreement(cv_lb_agreement(df, board)))
+    if args.figure:
+        from mcls.analysis.plots import save
+
+        print(f"figure: {save(cv_lb_figure(df), args.figure)}")
+
+
+def cmd_lb(args) -> None:
+    """Records a leaderboard score of a run's submission beside its CV."""
+    from mcls.runs.layout import Run
+    from mcls.runs.records import cv_score, record_leaderboard
+
+    entry = record_leaderboard(args.run, args.public, args.private, args.note or "")
+    run = Run(args.run)
+    cv = cv_score(run.summary, run.config)
+    private = f", private {entry['private']:.4f}" if entry["private"] is not None else ""
+    print(f"{run.path}: public {entry['public']:.4f}{private} recorded beside CV "
+          f"{'%.4f' % cv if cv is not None else '(none yet)'} in {run.leaderboard_file}")
 
 
 # The demo's own settings (not the package defaults): 8 epochs at 128 px on the 48-person sample are enough for
@@ -341,9 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
     p.add_argument("--out", help="also write the differing rows (ImageID, a, b) to this CSV")
-    p = sub.add_parser("runs", help="list runs with key metrics and differing config keys")
+    p = sub.add_parser("runs", help="list runs with key metrics, leaderboard scores and differing config keys")
     p.add_argument("runs_dir", nargs="?", default="runs")
-    p.set_defaults(fn=cmd_runs)
+    p.add_argument("--figure", help="also plot CV against the leaderboard over all runs into this PNG")
+    p.set_defaults(fn=cmd_runs, overrides=[])
+    p = sub.add_parser("lb", help="record a leaderboard score of a run's submission (shown by `mcls runs`)")
+    p.add_argument("run", help="the run folder whose submission.csv was scored")
+    p.add_argument("public", type=float, help="the public leaderboard's macro F1")
+    p.add_argument("--private", type=float, help="the private leaderboard's macro F1, once known")
+    p.add_argument("--note", help="a word on what was submitted")
+    p.set_defaults(fn=cmd_lb, overrides=[])
     return parser
 
 

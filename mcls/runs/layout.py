@@ -23,6 +23,7 @@ RUN_INFO = "run_info.json"
 SUMMARY = "summary.json"
 CALIBRATION = "calibration.json"
 SUBMISSION = "submission.csv"
+LEADERBOARD = "leaderboard.json"  # the scores the competition gave this run's submissions, oldest first
 MEMBERS_DIR = "members"
 # val_predictions.csv keeps the model's probabilities for each validation image (p*) and for its mirror image (f*):
 # flip TTA is their mean, so every way of serving a run can be scored from the file without predicting again.
@@ -82,7 +83,6 @@ class Fold:
         return table, probs
 
 
-@lru_cache(maxsize=64)
 def read_json(path: Path, fix: str) -> dict:
     """A run record ({} when absent), or one sentence naming the damaged file and `fix`."""
     if not path.is_file():
@@ -93,6 +93,7 @@ def read_json(path: Path, fix: str) -> dict:
         raise ValueError(f"{path}: not valid JSON (truncated or edited by hand); {fix}") from None
 
 
+@lru_cache(maxsize=64)
 def _cached_csv(path: str, mtime: float) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"person": str})
 
@@ -152,6 +153,10 @@ class Run:
     def submission_file(self) -> Path:
         return self.path / SUBMISSION
 
+    @property
+    def leaderboard_file(self) -> Path:
+        return self.path / LEADERBOARD
+
     def notebook_dir(self, notebook: str) -> Path:
         return self.path / notebook
 
@@ -206,6 +211,12 @@ class Run:
     @property
     def summary(self) -> dict:
         return read_json(self.summary_file, "run `mcls train --resume` with this run_dir to write it again")
+
+    @property
+    def leaderboard(self) -> list[dict]:
+        """Every leaderboard score recorded for the run (`mcls lb`), oldest first."""
+        return read_json(self.leaderboard_file, "fix the JSON or delete the file and record the scores again"
+                         ).get("scores", [])
 
     @property
     def calibration(self) -> dict | None:

@@ -1,6 +1,7 @@
 """Run folders and run records: what a run was made from, so runs on different code or data never get mixed up."""
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import subprocess
@@ -76,6 +77,31 @@ def write_run_info(run_dir: Path, fingerprint: str, n_images: int, extra: dict |
     write_json(path, info)
 
 
+def record_leaderboard(run_dir: str | Path, public: float, private: float | None = None, note: str = "") -> dict:
+    """Appends a leaderboard score of the run's submission to <run>/leaderboard.json (earlier scores are kept);
+    names the submission by its content hash, so a later re-prediction is not mistaken for the scored file."""
+    run = Run(run_dir)
+    if not run.config_file.is_file():
+        raise FileNotFoundError(f"{run.path}: not a run folder (no {run.config_file.name})")
+    for name, value in (("public", public), ("private", private)):
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError(f"{name} score {value} is not a macro F1 in 0..1")
+    sub = run.submission_file
+    entry = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "public": public, "private": private, "note": note,
+             "submission_sha1": hashlib.sha1(sub.read_bytes()).hexdigest()[:12] if sub.is_file() else None}
+    write_json(run.leaderboard_file, {"scores": [*run.leaderboard, entry]})
+    return entry
+
+
+def cv_score(summary: dict, cfg: Config) -> float | None:
+    """The validation macro F1 of the run as it is served: its ensemble's, else calibrated, else person-consistent
+    when it serves that way, else per image."""
+    for key in ("ens_f1", "cal_f1", "pc_f1" if cfg.person_consistent else "f1", "f1"):
+        if summary.get(key) is not None:
+            return float(summary[key])
+    return None
+
+
 def list_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:
     """One row per run with its key metrics and the config keys that differ between the runs."""
     rows, configs = [], []
@@ -83,11 +109,12 @@ def list_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:
     for run in [Run(d) for d in found if Run(d).config_file.is_file()]:
         cfg = run.config.to_dict()
         try:
-            metrics, note = run.summary, ""
+            metrics, note, lb = run.summary, "", (run.leaderboard or [{}])[-1]
             fp = read_json(run.info_file, "").get("data_fingerprint")
         except ValueError as err:  # one damaged record must not hide the other runs
-            metrics, fp, note = {}, None, str(err).split(";")[0]
-        rows.append({"run": run.path.name, "data": fp,
+            metrics, fp, note, lb = {}, None, str(err).split(";")[0], {}
+        rows.append({"run": run.path.name, "data": fp, "cv": cv_score(metrics, run.config),
+                     "lb_public": lb.get("public"), "lb_private": lb.get("private"),
                      **{k: metrics.get(k) for k in ("f1", "pc_f1", "cal_f1", "ens_f1", "f1_mask", "f1_gender",
                                                     "f1_age", "f1_old", "folds")},
                      **({"problem": note} if note else {})})
