@@ -226,6 +226,23 @@ def cmd_diff(args) -> None:
         print(f"\nthe {d['n']} differing rows: {args.out}")
 
 
+def cmd_sweep(args) -> None:
+    """An Optuna sweep over a search space, each trial a run; resumes an interrupted sweep in the same folder."""
+    from mcls.train.sweep import read_space, sweep
+
+    base = _config(args)
+    space = read_space(args.space, base)
+    folds = [int(f) for f in args.folds.split(",")]
+    bad = [f for f in folds if not 0 <= f < base.n_folds]
+    if bad:
+        raise ConfigError(f"--folds {args.folds}: fold(s) {bad} do not exist with n_folds={base.n_folds}")
+    sweep_dir = Path(args.dir or Path("runs") / f"sweep-{Path(args.space).stem}")
+    table = sweep(base, space, args.trials, folds, sweep_dir)
+    print(table.drop(columns=["run_dir"]).to_string(index=False))
+    print(f"sweep folder: {sweep_dir}  (study.db, trials.csv, optimization_history.png, param_importances.png, "
+          "trial-*/)")
+
+
 def cmd_cam(args) -> None:
     """CAM grids (PNG) and face-energy figures (cam_energy.json) for a trained run, written into the run folder."""
     from mcls.analysis.cam import inspect_run
@@ -352,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn, overrides=[])
         return p
 
+    p = add("sweep", cmd_sweep, "an Optuna sweep: each trial a run on --folds, pruned on per-epoch validation F1")
+    p.add_argument("--space", required=True, help="YAML search space: key: {type: float|int|categorical, ...}")
+    p.add_argument("--trials", type=int, required=True, help="finished trials wanted (an interrupted sweep resumes)")
+    p.add_argument("--folds", default="0", help="comma-separated validation folds each trial trains (default 0)")
+    p.add_argument("--dir", help="sweep folder (default runs/sweep-<space file name>)")
     p = add_with_files("vote", cmd_vote,
                        "combine submissions (hard vote) or probability files (soft vote) into one submission")
     p.add_argument("files", nargs="+", metavar="CSV_OR_RUN", help="submissions, *_probs.csv files or run folders")

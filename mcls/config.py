@@ -86,6 +86,7 @@ class Config:
     calibrate_age: bool = True  # fit age-band priors on out-of-fold predictions (2+ folds) and apply them
     smoke: bool = False  # tiny run for tests and first tries: 1 epoch, small images
     tracker: str = "none"  # none | mlflow
+    tracking_uri: str = ""  # MLflow server (e.g. http://host:5000); "" = a local store at <runs>/mlruns
     # --- inspection (notebook 04, `mcls cam`) ---
     cam_method: str = "gradcam"  # any name in mcls.analysis.cam.METHODS
     cam_images: int = 16  # images per GradCAM grid

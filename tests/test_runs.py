@@ -1,5 +1,6 @@
 """Run records: what a run was made from, `mcls runs`, and the optional MLflow tracker."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,21 @@ def test_mlflow_tracker_logs_to_a_local_store(tiny_cfg, tmp_path):
     runs = mlflow.search_runs(experiment_names=["mcls"])
     assert len(runs) == 1 and runs["params.backbone"][0] == "test_efficientnet"
     assert 0 <= runs["metrics.f1"][0] <= 1 and "metrics.fold0/train_loss" in runs.columns
+
+
+def test_a_tracked_run_keeps_its_checkpoints_and_submissions_on_the_tracking_server(tiny_cfg, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from mcls.infer.submission import write_submission
+
+    server = tmp_path / "elsewhere" / "mlruns"  # stands for a team's server: not beside the run
+    train(tiny_cfg.updated({"tracker": "mlflow", "tracking_uri": server.as_uri()}))
+    write_submission(tiny_cfg.data_dir, tiny_cfg.run_dir, device="cpu")
+    run_id = json.loads((Path(tiny_cfg.run_dir) / "tracking.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=server.as_uri())
+    assert {a.path for a in client.list_artifacts(run_id, "fold0")} >= {"fold0/best.pt"}
+    assert {a.path for a in client.list_artifacts(run_id, "submissions")} == {"submissions/submission.csv",
+                                                                             "submissions/submission_probs.csv"}
+    assert not (tmp_path / "mlruns").exists()  # nothing went to the local default store
+    mlflow.set_tracking_uri(None)

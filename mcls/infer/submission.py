@@ -11,7 +11,15 @@ from mcls.infer.predictor import predict_paths
 from mcls.infer.serving import Serving
 from mcls.infer.vote import probs_file
 from mcls.io import writable_output, write_csv
-from mcls.labels import GENDERS, MASK_STATES, NUM_CLASSES, PROB_COLUMNS, age_band_names, decode
+from mcls.labels import (
+    GENDERS,
+    MASK_STATES,
+    NUM_CLASSES,
+    PROB_COLUMNS,
+    age_band_names,
+    decode,
+)
+from mcls.runs.tracking import log_submission
 
 
 class SubmissionError(ValueError):
@@ -59,6 +67,8 @@ def write_submission(data_dir: str | Path, run, out: str | Path | None = None, d
     write_csv(out, sub, keep_previous=True)  # an earlier submission is kept beside it, never lost
     # the probabilities beside it, so that teammates can soft-vote (mcls vote)
     write_csv(probs_file(out), probabilities_table(info["ImageID"], probs), keep_previous=True)
+    if not serving.several_runs:  # a tracked run keeps its submissions on the MLflow server too
+        log_submission(serving.runs[0].path, [out, probs_file(out)])
     return out
 
 

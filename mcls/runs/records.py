@@ -77,7 +77,8 @@ def write_run_info(run_dir: Path, fingerprint: str, n_images: int, extra: dict |
     write_json(path, info)
 
 
-def record_leaderboard(run_dir: str | Path, public: float, private: float | None = None, note: str = "") -> dict:
+def record_leaderboard(run_dir: str | Path, public: float, private: float | None = None,
+                       note: str = "") -> dict:
     """Appends a leaderboard score of the run's submission to <run>/leaderboard.json (earlier scores are kept);
     names the submission by its content hash, so a later re-prediction is not mistaken for the scored file."""
     run = Run(run_dir)

@@ -160,7 +160,7 @@ def record_epoch(state: dict, row: dict) -> bool:
 
 
 def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images: np.ndarray,
-        val_images: np.ndarray, out: Fold, resume: bool = False, extra=None) -> dict:
+        val_images: np.ndarray, out: Fold, resume: bool = False, extra=None, on_epoch=None) -> dict:
     """Trains one fold, validating every epoch; writes metrics.csv, last.pt, best.pt and val predictions.
 
     `extra` = (images, targets) joins training only (pseudo-labelled images; targets in TARGET_COLUMNS order).
@@ -193,6 +193,8 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
                  "age %.3f), %.0f img/s%s", out.k, row["epoch"], cfg.epochs, row["train_loss"], row["val_loss"],
                  row["f1"], row["f1_mask"], row["f1_gender"], row["f1_age"], row["train_img_per_s"],
                  "  *best" if improved else "")
+        if on_epoch is not None and distributed.is_main():
+            on_epoch(out.k, row)
     return finish_fold(cfg, out, val_df, val_ds, rt, state)
 
 

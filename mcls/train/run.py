@@ -40,8 +40,10 @@ def load_training_data(cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
     return table, images
 
 
-def train(cfg: Config, resume: bool = False) -> dict:
-    """Trains `cfg.fold` (or every fold when fold=-1) into the run folder; returns the run summary.
+def train(cfg: Config, resume: bool = False, folds: list[int] | None = None, on_epoch=None) -> dict:
+    """Trains `cfg.fold` (or every fold when fold=-1; or the given `folds`) into the run folder; returns the run
+    summary. `on_epoch(fold, row)` is called after each validated epoch (a sweep reports to its pruner there, and
+    may stop the run by raising).
 
     Under torchrun every process calls this: rank 0 opens the run folder and tells the others where it is, and
     only rank 0 writes run records.
@@ -65,10 +67,10 @@ def train(cfg: Config, resume: bool = False) -> dict:
         table, images = load_training_data(cfg)
         if distributed.is_main():
             write_run_info(run_dir, data_fingerprint(table), len(table), {"processes": distributed.world()})
-        folds = range(cfg.n_folds) if cfg.fold == -1 else [cfg.fold]
+        folds = folds if folds is not None else range(cfg.n_folds) if cfg.fold == -1 else [cfg.fold]
         results = {}
         for k in folds:
-            results[k] = fit_fold(cfg, table, images, k, Run(run_dir).fold(k), resume=resume)
+            results[k] = fit_fold(cfg, table, images, k, Run(run_dir).fold(k), resume=resume, on_epoch=on_epoch)
     except BaseException:
         if not resume and distributed.is_main():
             forget_unstarted(Run(run_dir))
@@ -116,7 +118,8 @@ def train_members(cfg: Config, run_dir) -> dict:
     return scores
 
 
-def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out: Fold, resume: bool = False) -> dict:
+def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out: Fold, resume: bool = False,
+             on_epoch=None) -> dict:
     """Fold k against the rest, with pseudo-labelled images added to training when the config asks."""
     is_val = (table["fold"] == k).to_numpy()
     log.info("fold %d: %d training / %d validation images", k, (~is_val).sum(), is_val.sum())
@@ -126,7 +129,7 @@ def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out: 
 
         extra = pseudo_labelled(cfg, k, images[is_val])
     result = fit(cfg, table[~is_val].reset_index(drop=True), table[is_val].reset_index(drop=True),
-                 images[~is_val], images[is_val], out, resume=resume, extra=extra)
+                 images[~is_val], images[is_val], out, resume=resume, extra=extra, on_epoch=on_epoch)
     return {**result, "n_pseudo": 0 if extra is None else len(extra[0])}
 
 
