@@ -85,6 +85,7 @@ class Config:
     group_threshold: float = 0.4  # cosine distance under which upper-face embeddings join one person
     calibrate_age: bool = True  # fit age-band priors on out-of-fold predictions (2+ folds) and apply them
     smoke: bool = False  # tiny run for tests and first tries: 1 epoch, small images
+    compare_with: str = ""  # notebook 05: a teammate's submission, probabilities or run to show disagreements with
     tracker: str = "none"  # none | mlflow
     tracking_uri: str = ""  # MLflow server (e.g. http://host:5000); "" = a local store at <runs>/mlruns
     # --- inspection (notebook 04, `mcls cam`) ---

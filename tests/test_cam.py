@@ -122,3 +122,20 @@ def test_cli_cam_adds_its_method_to_the_energy_file(trained_run, sample_dir, cap
     assert (trained_run / "cam_eigencam_misclassified_mask.png").is_file()
     assert "cam_energy.json" in capsys.readouterr().out
     assert main(["cam", "--run", str(trained_run), "cam_method=nope"]) == 2
+
+
+def test_mistakes_come_most_confident_first_and_are_counted_per_class():
+    import pandas as pd
+
+    from mcls.analysis.cam import _plan_grids, head_class_names, mistakes_by_class
+
+    table = pd.DataFrame({"person": ["a", "b", "c", "d"], "path": [f"p/{k}.jpg" for k in "abcd"],
+                          "mask_true": 0, "mask_pred": 0, "mask_conf": 0.9, "age_true": 1, "age_pred": 1,
+                          "age_conf": 0.9, "gender_true": [0, 0, 0, 1], "gender_pred": [1, 1, 1, 1],
+                          "gender_conf": [0.6, 0.9, 0.7, 0.8]})
+    grids = _plan_grids(table, head_class_names((30, 60)), 8, 1, "a", np.random.default_rng(0))
+    assert [c[0] for c in grids["misclassified_gender"]["cells"]] == [1, 2, 0]  # 0.9, 0.7, 0.6
+    assert grids["misclassified_gender"]["pairs"] and not grids["misclassified_mask"]["cells"]
+    m = mistakes_by_class(table).set_index(["head", "true class"])
+    assert m.loc[("gender", "male"), "wrong"] == 3 and m.loc[("gender", "male"), "most often taken for"] == "female"
+    assert m.loc[("gender", "female"), "error rate"] == 0

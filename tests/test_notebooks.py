@@ -171,6 +171,19 @@ def test_04_gradcam(trained_run):
     pngs = sorted(p.name for p in (trained_run / "04_gradcam").glob("cam_gradcam_*.png"))
     assert any("misclassified_mask" in p for p in pngs) and any("person" in p for p in pngs)
     assert_shows_what_it_saved(trained_run, "04_gradcam")
+    mistakes = pd.DataFrame(metrics(trained_run, "04_gradcam")["mistakes"])
+    assert len(mistakes) == 3 + 2 + 3 and mistakes["wrong"].le(mistakes["images"]).all()
+
+
+def test_05_shows_where_a_teammates_submission_disagrees(trained_run, tmp_path):
+    info = pd.read_csv(SAMPLE / "eval" / "info.csv")
+    teammate = tmp_path / "teammate.csv"
+    pd.DataFrame({"ImageID": info["ImageID"], "ans": 17}).to_csv(teammate, index=False)  # says "old woman, no mask"
+    execute("05_submission", trained_run, compare_with=str(teammate))
+    m = metrics(trained_run, "05_submission")
+    assert m["disagreements_with"] == str(teammate) and 0 < m["disagreements"] <= 21
+    assert (trained_run / "05_submission" / "disagreements.png").is_file()
+    assert_shows_what_it_saved(trained_run, "05_submission")
 
 
 def test_02_face_crop(tmp_path):

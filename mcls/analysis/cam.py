@@ -244,9 +244,29 @@ def validation_table(run_dir: str | Path, data_dir: str | Path | None = None) ->
     table["pred"] = probs.argmax(1)
     if data_dir is not None:
         table["path"] = [str(Path(data_dir, "train", "images", *Path(p).parts[-2:])) for p in table["path"]]
+    marginals = {"mask": probs.reshape(-1, 3, 2, 3).sum((2, 3)), "gender": probs.reshape(-1, 3, 2, 3).sum((1, 3)),
+                 "age": probs.reshape(-1, 3, 2, 3).sum((1, 2))}
     for i, head in enumerate(HEADS):
         table[f"{head}_true"], table[f"{head}_pred"] = decode(table["label"])[i], decode(table["pred"])[i]
+        # how sure the model was of the head's answer: the most confident mistakes are the ones to look at first
+        table[f"{head}_conf"] = marginals[head][np.arange(len(table)), table[f"{head}_pred"].to_numpy()].round(3)
     return table
+
+
+def mistakes_by_class(table: pd.DataFrame, age_bounds=(30, 60)) -> pd.DataFrame:
+    """Per head and true class: validation images, how many the head got wrong, the error rate and the most
+    frequent wrong answer (a validation_table in)."""
+    names = head_class_names(age_bounds)
+    rows = []
+    for head in HEADS:
+        for k, name in enumerate(names[head]):
+            part = table[table[f"{head}_true"] == k]
+            wrong = part[part[f"{head}_pred"] != k]
+            common = wrong[f"{head}_pred"].value_counts()
+            rows.append({"head": head, "true class": name, "images": len(part), "wrong": len(wrong),
+                         "error rate": round(len(wrong) / len(part), 3) if len(part) else None,
+                         "most often taken for": names[head][common.index[0]] if len(common) else ""})
+    return pd.DataFrame(rows)
 
 
 def _plan_grids(table: pd.DataFrame, names: dict, n: int, per_class: int, person, rng) -> dict[str, dict]:
@@ -262,12 +282,14 @@ def _plan_grids(table: pd.DataFrame, names: dict, n: int, per_class: int, person
 
     grids = {}
     for head in HEADS:
-        wrong = sample(table.index[table[f"{head}_true"] != table[f"{head}_pred"]], n)
-        cells = [(i, head, table.at[i, f"{head}_pred"], f"{table.at[i, 'person']}: {true(i, head)}→{pred(i, head)}")
-                 for i in wrong]
+        wrong = table[table[f"{head}_true"] != table[f"{head}_pred"]]
+        wrong = wrong.sort_values(f"{head}_conf", ascending=False, kind="stable").index[:n]  # most confident first
+        cells = [(i, head, table.at[i, f"{head}_pred"], f"{table.at[i, 'person']} true {true(i, head)}\n"
+                  f"pred {pred(i, head)} ({table.at[i, f'{head}_conf']:.2f})") for i in wrong]
         grids[f"misclassified_{head}"] = {
-            "ncols": min(8, max(1, len(cells))), "cells": cells,
-            "title": f"{head} head: misclassified validation images (true→predicted; CAM of the predicted class)"}
+            "ncols": 8, "pairs": True, "cells": cells,
+            "title": f"{head} head: validation mistakes, most confident first (each image, then the CAM of the "
+                     "predicted class)"}
         cells = []
         for k, name in enumerate(names[head]):
             picked = sample(table.index[table[f"{head}_true"] == k], per_class)
@@ -321,7 +343,7 @@ def inspect_run(run_dir: str | Path, data_dir: str | Path | None = None, method:
     energy_rows = set(table.index if max_images is None or max_images >= len(table)
                       else rng.choice(table.index, max_images, replace=False))
     cfg = None
-    tiles, shares = {}, {h: [] for h in HEADS}
+    tiles, raw, shares = {}, {}, {h: [] for h in HEADS}
     for fold, rows in table.groupby("fold"):
         model, fold_cfg = load_checkpoint(Run(run_dir).fold(fold).best, dev)
         if cfg is None:
@@ -343,12 +365,19 @@ def inspect_run(run_dir: str | Path, data_dir: str | Path | None = None, method:
                 maps = cam_maps(model, images[[pos[i] for i, _, _ in cells]], head, [k for _, _, k in cells], method,
                                 batch_size)
                 tiles.update({c: overlay(images[pos[c[0]]], m) for c, m in zip(cells, maps)})
+                raw.update({c[0]: images[pos[c[0]]] for c in cells})
         del model
 
     out = {"paths": {}}
     for name, grid in grids.items():
-        fig = image_grid([None if c is None else tiles[c[:3]] for c in grid["cells"]],
-                          [None if c is None else c[3] for c in grid["cells"]], grid["ncols"], grid["title"])
+        cells = grid["cells"]
+        if grid.get("pairs"):  # the photo beside its CAM, so the mistake can be judged on the image itself
+            shown = [t for c in cells for t in (raw[c[0]], tiles[c[:3]])]
+            captions = [t for c in cells for t in (c[3], "CAM")]
+        else:
+            shown = [None if c is None else tiles[c[:3]] for c in cells]
+            captions = [None if c is None else c[3] for c in cells]
+        fig = image_grid(shown, captions, grid["ncols"], grid["title"])
         out["paths"][name] = save(fig, out_dir / f"cam_{method.replace('+', 'p')}_{name}.png")
     face = ("whole image (crop=none: the images are face crops already)" if getattr(cfg, "crop", "none") == "none"
             else f"whole image, which is the run's face crop (crop={cfg.crop}: the face plus margins)")

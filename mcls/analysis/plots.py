@@ -104,10 +104,13 @@ def image_grid(tiles: list, captions: list, ncols: int, title: str = ""):
         fig.suptitle(title, fontsize=9)
         return fig
     nrows = max(1, math.ceil(len(tiles) / ncols))
-    height = 2.1 * nrows + 0.5
+    lines = max((str(c).count("\n") + 1 for c in captions if c), default=1)
+    caption_room = 0.13 * lines  # inches above each tile for its caption
+    height = (1.9 + caption_room) * nrows + 0.4
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, height), squeeze=False)
     # fixed margins: tight_layout costs more than the whole CAM pass on small grids
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / height, wspace=0.05, hspace=0.25)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - (0.4 + caption_room) / height, wspace=0.05,
+                        hspace=caption_room / 1.9 + 0.05)
     for ax in axes.flat:
         ax.axis("off")
     for ax, tile, caption in zip(axes.flat, tiles, captions):
