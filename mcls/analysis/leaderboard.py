@@ -23,7 +23,7 @@ def cv_lb_agreement(runs: pd.DataFrame, board: str = "lb_public") -> dict:
 def describe_agreement(a: dict) -> str:
     if a["n"] == 0:
         return f"no run has both a CV score and a {a['board']} score yet (record one with `mcls lb RUN SCORE`)"
-    text = f"CV vs {a['board']} over {a['n']} run(s): CV higher by {a['mean_gap']:+.3f} on average"
+    text = f"CV vs {a['board']} over {a['n']} run(s): mean CV - leaderboard {a['mean_gap']:+.3f} (> 0: CV optimistic)"
     if a["pearson"] is None:
         return text + "; correlations need 3 or more runs with different scores"
     return text + f"; Pearson {a['pearson']:.2f}, Spearman {a['spearman']:.2f}"

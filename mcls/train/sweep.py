@@ -157,7 +157,9 @@ def write_summary(study, sweep_dir: Path, say=print) -> pd.DataFrame:
     # optuna's plots switch matplotlib to its own style; rc_context gives the kit's figures theirs back afterwards
     with warnings.catch_warnings(), plt.rc_context():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        save(optuna_plots.plot_optimization_history(study).figure, sweep_dir / "optimization_history.png")
+        ax = optuna_plots.plot_optimization_history(study)
+        ax.set_ylabel("validation macro F1 (mean over the folds)")
+        save(ax.figure, sweep_dir / "optimization_history.png")
         try:
             save(optuna_plots.plot_param_importances(study).figure, sweep_dir / "param_importances.png")
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
