@@ -49,7 +49,7 @@ from mcls.infer.persons import consistency_scores
 from mcls.infer.serving import Serving
 from mcls.io import write_json
 from mcls.labels import decode
-from mcls.metrics import macro_f1, score
+from mcls.metrics import epoch_choice_scores, macro_f1, score
 from mcls.model.checkpoint import load_checkpoint
 from mcls.model.classifier import head_probs
 from mcls.runs.layout import Run
@@ -100,6 +100,8 @@ ON_DEFAULT = {
     "default+lite1": dict(backbone="tf_efficientnet_lite1"),
     "default+seed7": dict(train_seed=7),  # the default again on the same folds: seed noise, and a seed ensemble
     "default+age-dist": dict(age_head="dist"),  # the exact-age head helped the plain and wear2 recipes: on the default?
+    "default+near-edge3": dict(near_edge_drop=3),  # the winner's trick: no 27-29 or 57-59 year-olds in training
+    "default+vcutmix-fixed": dict(mix="vcutmix_fixed"),  # the winner's left/right cut at 46-54% of the width
 }
 
 # Averages of variants' validation probabilities (every variant splits its folds with seed 42, so fold k is the same
@@ -254,7 +256,11 @@ def summarise(folds: pd.DataFrame) -> pd.DataFrame:
                          "acc_age": m("acc_age"), "f1_age": m("f1_age"), "f1_old": m("f1_old"),
                          "group_ari": g["group_ari"].mean() if "persons" in tag else np.nan,
                          "train_min_per_fold": g["wall_s"].mean() / 60, "cpu_min_per_fold": g["cpu_s"].mean() / 60,
-                         "best_epoch": g["best_epoch"].mean()})
+                         "best_epoch": g["best_epoch"].mean(),
+                         # the epoch choice's optimism, per image without TTA: chosen by each fold on its own
+                         # persons, the last epoch, chosen on the other folds (honest)
+                         **{k: (g[k].mean() if tag == "" and k in g else np.nan)
+                            for k in ("sel_own_f1", "sel_last_f1", "sel_other_f1")}})
     return pd.DataFrame(rows)
 
 
@@ -305,9 +311,21 @@ def collect(runs: Path, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame, list
     folds, shipped = pd.DataFrame(folds), []
     if not folds.empty:
         folds = folds.merge(calibrated_scores(runs), on=["run", "fold"], how="left")
+        folds = folds.merge(epoch_choice(runs, folds), on="run", how="left")
         selected, shipped = selection_folds(runs, data_dir, folds)
         folds = pd.concat([folds, ensemble_folds(runs, data_dir, folds), selected], ignore_index=True)
     return folds, (pd.concat(robust) if robust else pd.DataFrame()), shipped
+
+
+def epoch_choice(runs: Path, folds: pd.DataFrame) -> pd.DataFrame:
+    """Per run: its folds' per-epoch validation F1 at the epoch each fold chose itself (optimistic), at the last
+    epoch, and at the epoch the run's other folds chose (honest; mcls.metrics.epoch_choice_scores)."""
+    rows = []
+    for run, g in folds.groupby("run"):
+        histories = {int(k): pd.read_csv(runs / run / f"fold{int(k)}" / "metrics.csv") for k in g["fold"]}
+        s = epoch_choice_scores(histories)
+        rows.append({"run": run, **{k: s.get(k, np.nan) for k in ("sel_own_f1", "sel_last_f1", "sel_other_f1")}})
+    return pd.DataFrame(rows, columns=["run", "sel_own_f1", "sel_last_f1", "sel_other_f1"])
 
 
 def calibrated_scores(runs: Path) -> pd.DataFrame:

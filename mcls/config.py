@@ -26,6 +26,7 @@ class Config:
     relabel_decisions: str = ""  # a reviewed queue CSV (decision column) that notebook 01 appends headless
     age_bounds: list[int] = field(default_factory=lambda: [30, 60])  # band edges: <30, 30-59, >=60
     train_old_age: int = 60  # training-only edge of the oldest band (58/59 trick); never used for validation
+    near_edge_drop: int = 0  # training drops ages this many years below each edge (3: 27-29 and 57-59); 0 = none
     on_bad_image: str = "error"  # error | skip
     crop: str = "none"  # none | mtcnn (face crops, cached; prediction applies the run's crop too)
     crop_margin: float = 0.1  # crop = face box + this fraction of its size on every side ...
@@ -137,6 +138,8 @@ class Config:
             out.append(f"age_bounds={self.age_bounds} must be two increasing ages, e.g. [30, 60]")
         elif not self.age_bounds[0] < self.train_old_age <= self.age_bounds[1]:
             out.append(f"train_old_age={self.train_old_age} must lie in ({self.age_bounds[0]}, {self.age_bounds[1]}]")
+        if not 0 <= self.near_edge_drop < min(self.age_bounds[0], 20):
+            out.append(f"near_edge_drop={self.near_edge_drop} must be in 0..{min(self.age_bounds[0], 20) - 1} years")
         if len(self.loss_weights) != 3:
             out.append(f"loss_weights={self.loss_weights} needs three weights (mask, gender, age)")
         if self.n_folds < 2:

@@ -36,3 +36,31 @@ def per_class_f1(labels, probs) -> np.ndarray:
 
 def confusion(labels, probs) -> np.ndarray:
     return confusion_matrix(labels, np.asarray(probs).argmax(1), labels=range(NUM_CLASSES))
+
+
+def epoch_choice_scores(histories: dict, key: str = "f1") -> dict:
+    """How much a fold's reported score owes to choosing its epoch on the persons it is scored on.
+
+    From each fold's per-epoch validation `key` (metrics.csv rows, one DataFrame per fold): `sel_own_f1`, the mean
+    over folds of each fold's best epoch (what best.pt reports: optimistic, the same persons chose it);
+    `sel_last_f1`, the last epoch; `sel_other_f1`, each fold scored at the epoch that is best on average over the
+    *other* folds (an honest estimate of the rule "train that many epochs"; needs 2+ folds). All without TTA or
+    person sharing, so they compare with each other, not with the served score."""
+    import pandas as pd
+
+    per = {k: pd.Series(h[key].to_numpy(), index=h["epoch"].to_numpy()) for k, h in histories.items() if len(h)}
+    if not per:
+        return {}
+    out = {"sel_own_f1": float(np.mean([s.max() for s in per.values()])),
+           "sel_last_f1": float(np.mean([s.iloc[-1] for s in per.values()]))}
+    if len(per) >= 2:
+        chosen = {}
+        for k, s in per.items():
+            others = pd.concat([o for j, o in per.items() if j != k], axis=1).dropna()  # epochs every other fold ran
+            common = others.index.intersection(s.index)
+            if len(common):
+                chosen[k] = int(others.loc[common].mean(axis=1).idxmax())
+        if chosen:
+            out["sel_other_f1"] = float(np.mean([per[k][e] for k, e in chosen.items()]))
+            out["sel_other_epochs"] = {str(k): e for k, e in chosen.items()}
+    return out

@@ -1,4 +1,5 @@
-"""Batch mixing for training: vertical CutMix (left part of one face, right part of another), CutMix, Mixup.
+"""Batch mixing for training: vertical CutMix (left part of one face, right part of another; at a Beta-drawn cut or,
+vcutmix_fixed, at 46-54% of the width), CutMix, Mixup.
 
 A mixed batch is scored as lam * loss(y) + (1 - lam) * loss(y[perm]), so every loss and head works unchanged.
 """
@@ -7,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-MIXES = ("none", "vcutmix", "cutmix", "mixup")
+MIXES = ("none", "vcutmix", "vcutmix_fixed", "cutmix", "mixup")
+# vcutmix_fixed: the documented winner's left/right cut, always near the middle of the face
+FIXED_CUT = (0.46, 0.54)
 
 
 class BatchMixer:
@@ -33,9 +36,10 @@ class BatchMixer:
             xf = x.float() / 255 if x.dtype == torch.uint8 else x  # the model reads floats as [0, 1]
             return lam * xf + (1 - lam) * xf[perm], perm, lam
         x = x.clone()
-        if self.kind == "vcutmix":
+        if self.kind in ("vcutmix", "vcutmix_fixed"):
             # a vertical cut keeps both faces' eyes and mouths; the mask state still shows on each side
-            cut = int(round(w * lam))
+            share = float(self.rng.uniform(*FIXED_CUT)) if self.kind == "vcutmix_fixed" else lam
+            cut = int(round(w * share))
             x[..., cut:] = x[perm][..., cut:]
             return x, perm, cut / w
         ch, cw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)

@@ -14,12 +14,14 @@ from mcls.data.table import data_fingerprint, load_train_table
 from mcls.infer.calibration import calibrate_run
 from mcls.infer.serving import Serving
 from mcls.io import write_json
+from mcls.metrics import epoch_choice_scores
 from mcls.runs.layout import Fold, Run
 from mcls.runs.records import open_run, write_run_info
 from mcls.runs.tracking import log_run
 from mcls.runtime import distributed
 from mcls.train.fit import fit
 from mcls.train.preflight import check_references
+from mcls.train.sampling import near_edge
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ def train(cfg: Config, resume: bool = False, folds: list[int] | None = None, on_
             forget_unstarted(Run(run_dir))
         raise
     summary = summarise_folds(results)
+    summary.update(epoch_choice_scores({k: pd.read_csv(Run(run_dir).fold(k).metrics) for k in results}))
     if cfg.members:
         summary.update(train_members(cfg, run_dir))
     if distributed.is_main():
@@ -122,14 +125,17 @@ def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out: 
              on_epoch=None) -> dict:
     """Fold k against the rest, with pseudo-labelled images added to training when the config asks."""
     is_val = (table["fold"] == k).to_numpy()
-    log.info("fold %d: %d training / %d validation images", k, (~is_val).sum(), is_val.sum())
+    train_rows = ~is_val & ~near_edge(table["age"], cfg.age_bounds, cfg.near_edge_drop)
+    log.info("fold %d: %d training / %d validation images%s", k, train_rows.sum(), is_val.sum(),
+             f" ({(~is_val).sum() - train_rows.sum()} near-edge ages left out of training)" if cfg.near_edge_drop
+             else "")
     extra = None
     if cfg.pseudo_label != "none":
         from mcls.train.pseudo import pseudo_labelled
 
         extra = pseudo_labelled(cfg, k, images[is_val])
-    result = fit(cfg, table[~is_val].reset_index(drop=True), table[is_val].reset_index(drop=True),
-                 images[~is_val], images[is_val], out, resume=resume, extra=extra, on_epoch=on_epoch)
+    result = fit(cfg, table[train_rows].reset_index(drop=True), table[is_val].reset_index(drop=True),
+                 images[train_rows], images[is_val], out, resume=resume, extra=extra, on_epoch=on_epoch)
     return {**result, "n_pseudo": 0 if extra is None else len(extra[0])}
 
 

@@ -1,0 +1,50 @@
+"""Training levers of the documented winner and an honest CV figure: near-edge ages, fixed-cut CutMix, and the
+score of an epoch not chosen on the persons it is scored on."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mcls.config import Config, ConfigError
+from mcls.metrics import epoch_choice_scores
+from mcls.train.mixing import FIXED_CUT, BatchMixer
+from mcls.train.sampling import near_edge
+
+
+def test_near_edge_ages_are_those_just_below_each_edge():
+    ages = np.array([26, 27, 29, 30, 31, 56, 57, 59, 60, 61])
+    assert list(ages[near_edge(ages, (30, 60), 3)]) == [27, 29, 57, 59]
+    assert not near_edge(ages, (30, 60), 0).any()
+    with pytest.raises(ConfigError, match="near_edge_drop=25"):
+        Config().updated({"near_edge_drop": 25})
+
+
+def test_near_edge_drop_leaves_training_only(tiny_cfg):
+    from mcls.train.run import train
+
+    plain = train(tiny_cfg)
+    dropped = train(tiny_cfg.updated({"run_dir": tiny_cfg.run_dir + "-drop", "near_edge_drop": 3}))
+    assert dropped["per_fold"]["0"]["n_val_images"] == plain["per_fold"]["0"]["n_val_images"]  # validation keeps all
+
+
+def test_fixed_cut_vcutmix_cuts_between_46_and_54_percent():
+    mixer = BatchMixer("vcutmix_fixed", prob=1.0, seed=0)
+    x = torch.arange(8).view(8, 1, 1, 1).expand(8, 3, 10, 100).clone()
+    for _ in range(20):
+        mixed, perm, lam = mixer(x)
+        assert FIXED_CUT[0] <= lam <= FIXED_CUT[1]
+        cut = int(round(lam * 100))
+        assert torch.equal(mixed[..., :cut], x[..., :cut]) and torch.equal(mixed[..., cut:], x[perm][..., cut:])
+
+
+def test_an_epoch_chosen_on_the_other_folds_is_scored_honestly():
+    # fold 0 peaks at epoch 2 by luck; the other folds agree that epoch 3 is best
+    histories = {0: pd.DataFrame({"epoch": [1, 2, 3], "f1": [0.5, 0.9, 0.7]}),
+                 1: pd.DataFrame({"epoch": [1, 2, 3], "f1": [0.5, 0.55, 0.9]}),
+                 2: pd.DataFrame({"epoch": [1, 2, 3], "f1": [0.4, 0.5, 0.8]})}
+    s = epoch_choice_scores(histories)
+    assert s["sel_own_f1"] == pytest.approx((0.9 + 0.9 + 0.8) / 3)
+    assert s["sel_last_f1"] == pytest.approx((0.7 + 0.9 + 0.8) / 3)
+    assert s["sel_other_epochs"] == {"0": 3, "1": 3, "2": 3}
+    assert s["sel_other_f1"] == pytest.approx((0.7 + 0.9 + 0.8) / 3) and s["sel_other_f1"] < s["sel_own_f1"]
+    assert "sel_other_f1" not in epoch_choice_scores({0: histories[0]})  # one fold has no others to ask
