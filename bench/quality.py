@@ -36,12 +36,13 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+REALMASK = ROOT.parent / "shared" / "data" / "realmask-dev" / "labels.csv"  # development photos, never trained on
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import ActiveClock, machine  # noqa: E402
 
-from mcls.analysis.robustness import mask_robustness
+from mcls.analysis.robustness import mask_robustness, real_mask_scores
 from mcls.config import Config
 from mcls.data.table import read_persons
 from mcls.infer.calibration import apply_age_bias, fit_age_bias
@@ -260,7 +261,10 @@ def summarise(folds: pd.DataFrame) -> pd.DataFrame:
                          # the epoch choice's optimism, per image without TTA: chosen by each fold on its own
                          # persons, the last epoch, chosen on the other folds (honest)
                          **{k: (g[k].mean() if tag == "" and k in g else np.nan)
-                            for k in ("sel_own_f1", "sel_last_f1", "sel_other_f1")}})
+                            for k in ("sel_own_f1", "sel_last_f1", "sel_other_f1")},
+                         # the mask head on real photos (realmask-dev; flip TTA, each fold's model alone)
+                         **{k: (g[k].mean() if k in g else np.nan)
+                            for k in ("real_mask_f1", "real_f1_wear", "real_f1_incorrect", "real_f1_not_wear")}})
     return pd.DataFrame(rows)
 
 
@@ -271,6 +275,8 @@ def main(argv=None):
     ap.add_argument("--folds", default="0,1", help="comma list of the 5 folds, or 'all' (with --variants)")
     ap.add_argument("--runs", default="runs/quality")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--realmask", default=str(REALMASK) if REALMASK.is_file() else None,
+                    help="labels.csv of real photos with mask states (default: ../shared/data/realmask-dev, if there)")
     args = ap.parse_args(argv)
     steps = RECIPE if args.variants is None else [(args.variants, args.folds)]
     data = DataCache()
@@ -279,7 +285,7 @@ def main(argv=None):
         for name in variants.split(","):
             run_variant(name, parse_folds(fold_list), args, data)
             write_tables(Path(args.runs), Path(args.out), command,
-                         run_folder("default", args.data, Path(args.runs)).name, args.data)
+                         run_folder("default", args.data, Path(args.runs)).name, args.data, args.realmask)
 
 
 def parse_folds(text: str) -> list[int]:
@@ -298,13 +304,18 @@ def run_variant(name: str, folds: list[int], args, data: DataCache) -> None:
               f"{res['f1+tta+persons']:.4f}  ({res['wall_s'] / 60:.1f} min)", flush=True)
 
 
-def collect(runs: Path, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def collect(runs: Path, data_dir: str, realmask: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Every finished fold under runs/ (whatever command produced it), with the variant named by its folder, the
-    ENSEMBLES' and the nested selection's folds; the robustness rows; the selection's choice on all folds."""
+    ENSEMBLES' and the nested selection's folds; the robustness rows; the selection's choice on all folds. With
+    `realmask` (a labels.csv of real photos), each fold model's mask scores on them, computed once into bench.json."""
     folds, robust = [], []
     for done in sorted(runs.glob("*/fold*/bench.json")):
         name = done.parent.parent.name.rsplit("-", 1)[0]
-        folds.append({"variant": name, "run": done.parent.parent.name, **json.loads(done.read_text())})
+        record = json.loads(done.read_text())
+        if realmask and "real_mask_f1" not in record:
+            record.update(real_mask_scores(done.parent / "best.pt", realmask))
+            write_json(done, record)
+        folds.append({"variant": name, "run": done.parent.parent.name, **record})
         rob = done.parent / "robustness.csv"
         if rob.exists():
             robust.append(pd.read_csv(rob).assign(variant=name))
@@ -433,8 +444,9 @@ def age_by_edge_distance(run: Path, data_dir: str, bounds=(30, 60)) -> pd.DataFr
             .reset_index().astype({"years from 30 or 60": str}))
 
 
-def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir: str) -> None:
-    folds, robust, shipped = collect(runs, data_dir)
+def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir: str,
+                 realmask: str | None = None) -> None:
+    folds, robust, shipped = collect(runs, data_dir, realmask)
     if folds.empty:
         return
     # the rows of the config Config() trains now, whichever variant name first trained it
@@ -460,6 +472,13 @@ def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir
                  + wide.round(3).to_markdown() + "\n")
         wide = robust.pivot_table(index="variant", columns="shift", values="acc_mask", sort=False)
         text += "\n## Mask head under shifts (fold 0): accuracy over all mask states\n\n" + wide.round(3).to_markdown() + "\n"
+    real = [c for c in folds.columns if c.startswith("real_")]
+    if real:
+        by_variant = folds.dropna(subset=["real_mask_f1"]).groupby("variant", sort=False)[real].mean()
+        text += ("\n## Mask head on real photos (realmask-dev, never trained on; each fold's model, flip TTA)\n\n"
+                 "Macro F1 over the three mask states, F1 per state, and macro F1 per source (see its README; only "
+                 "andrewmvd's 13 'incorrect' photos are real masks worn wrongly).\n\n"
+                 + by_variant.round(3).to_markdown() + "\n")
     chosen = folds.loc[folds["variant"] == "ensemble selection (nested)", ["fold", "members"]] \
         if "members" in folds else pd.DataFrame()
     if not chosen.empty:

@@ -48,3 +48,22 @@ def test_an_epoch_chosen_on_the_other_folds_is_scored_honestly():
     assert s["sel_other_epochs"] == {"0": 3, "1": 3, "2": 3}
     assert s["sel_other_f1"] == pytest.approx((0.7 + 0.9 + 0.8) / 3) and s["sel_other_f1"] < s["sel_own_f1"]
     assert "sel_other_f1" not in epoch_choice_scores({0: histories[0]})  # one fold has no others to ask
+
+
+def test_real_mask_scores_of_a_checkpoint(trained_run, tmp_path):
+    import shutil
+
+    from conftest import SAMPLE
+
+    from mcls.analysis.robustness import real_mask_scores
+    from mcls.data.table import load_train_table
+
+    table = load_train_table(SAMPLE).groupby("mask").head(4)
+    rows = []
+    for k, r in enumerate(table.itertuples()):
+        shutil.copy(r.path, tmp_path / f"{k}.jpg")
+        rows.append({"path": f"{k}.jpg", "mask": r.mask, "source": "a" if k % 2 else "b"})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    s = real_mask_scores(trained_run / "fold0" / "best.pt", tmp_path / "labels.csv")
+    assert {"real_mask_f1", "real_f1_wear", "real_f1_incorrect", "real_f1_not_wear", "real_mask_f1_a",
+            "real_mask_f1_b"} <= set(s) and all(0 <= v <= 1 for v in s.values())

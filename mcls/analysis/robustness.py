@@ -59,3 +59,33 @@ def mask_robustness(model, images: np.ndarray, mask_labels: np.ndarray, rt, batc
             row[f"acc_{state.replace(' ', '_')}"] = float((pred[mask_labels == k] == k).mean())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def real_mask_scores(checkpoint, labels_csv, device: str = "cpu") -> dict:
+    """The mask head of one checkpoint on real photos with mask labels (a CSV of path, mask[, source] with paths
+    relative to it, like ../shared/data/realmask-dev/labels.csv): macro F1 over the three states, F1 per state,
+    and macro F1 per source. Served plainly (one model, flip TTA, no person sharing: the photos are of
+    different people)."""
+    from pathlib import Path
+
+    from sklearn.metrics import f1_score
+
+    from mcls.infer.predictor import predict_paths
+    from mcls.infer.serving import Serving
+    from mcls.labels import decode
+
+    labels_csv = Path(labels_csv)
+    table = pd.read_csv(labels_csv)
+    paths = [str(labels_csv.parent / p) for p in table["path"]]
+    serving = Serving.resolve(checkpoint, {"person_consistent": False, "calibrate_age": False, "tta": True})
+    probs = predict_paths(paths, serving, device)[0]
+    pred, true = decode(probs.argmax(1))[0], table["mask"].to_numpy()
+    per_state = f1_score(true, pred, labels=[0, 1, 2], average=None, zero_division=0)
+    out = {"real_mask_f1": float(f1_score(true, pred, labels=[0, 1, 2], average="macro", zero_division=0)),
+           **{f"real_f1_{MASK_STATES[k].replace(' ', '_')}": float(per_state[k]) for k in range(3)}}
+    if "source" in table:
+        for source, rows in table.groupby("source").groups.items():
+            present = sorted(set(true[rows]))
+            out[f"real_mask_f1_{source}"] = float(f1_score(true[rows], pred[rows], labels=present, average="macro",
+                                                           zero_division=0))
+    return out
