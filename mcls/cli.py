@@ -183,9 +183,9 @@ def cmd_pipeline(args) -> None:
 def cmd_vote(args) -> None:
     """Combines teammates' submissions or probability files into one checked submission."""
     from mcls.data.table import load_eval_table
-    from mcls.infer.submission import check_submission, probabilities_table
-    from mcls.infer.vote import probs_file, vote
-    from mcls.io import writable_output, write_csv
+    from mcls.infer.submission import probs_file, save_submission
+    from mcls.infer.vote import vote
+    from mcls.io import writable_output
 
     # `files` is greedy: key=value words among them are overrides
     args.overrides += [f for f in args.files if "=" in f and not Path(f).exists()]
@@ -196,10 +196,7 @@ def cmd_vote(args) -> None:
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     soft = {"soft": True, "hard": False, "auto": None}[args.mode]
     sub, probs, how = vote(files, info, weights, soft)
-    check_submission(sub, info, str(out))
-    write_csv(out, sub, keep_previous=True)
-    if probs is not None:
-        write_csv(probs_file(out), probabilities_table(info["ImageID"], probs), keep_previous=True)
+    save_submission(out, info, sub["ans"], probs)
     print(f"{how}\nwrote {out}" + (f" and {probs_file(out)}" if probs is not None else ""))
 
 
@@ -217,11 +214,10 @@ def cmd_diff(args) -> None:
         if len(d[head]):
             print(f"\n{head}: A's answer (rows) vs B's (columns), where they differ\n{d[head].to_string()}")
     if args.out and d["n"]:
-        from mcls.infer.vote import read_answers
         from mcls.io import write_csv
 
         rows = info.iloc[d["rows"]][["ImageID"]].copy()
-        rows["a"], rows["b"] = read_answers(args.a, info)[0][d["rows"]], read_answers(args.b, info)[0][d["rows"]]
+        rows["a"], rows["b"] = d["a"][d["rows"]], d["b"][d["rows"]]
         write_csv(args.out, rows)
         print(f"\nthe {d['n']} differing rows: {args.out}")
 

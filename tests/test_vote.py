@@ -6,7 +6,8 @@ from conftest import SAMPLE
 
 from mcls.cli import main
 from mcls.data.table import load_eval_table
-from mcls.infer.vote import VoteError, disagreements, probs_file, vote
+from mcls.infer.submission import probs_file
+from mcls.infer.vote import VoteError, disagreements, vote
 from mcls.labels import PROB_COLUMNS
 
 INFO = load_eval_table(SAMPLE)

@@ -7,7 +7,7 @@ import pandas as pd
 
 from mcls.analysis.plots import image_grid
 from mcls.data.images import load_resized
-from mcls.infer.vote import answers_file, disagreements, read_answers
+from mcls.infer.vote import answers_file, disagreements
 from mcls.labels import class_names
 
 
@@ -15,7 +15,7 @@ def disagreement_strip(a: str | Path, b: str | Path, info: pd.DataFrame, n: int 
     """A grid of up to `n` eval images that A and B answer differently, each captioned with both answers (the
     competition's class names)."""
     d = disagreements(a, b, info)
-    ans_a, ans_b = read_answers(a, info)[0], read_answers(b, info)[0]
+    ans_a, ans_b = d["a"], d["b"]
     names = class_names((30, 60))
     rows = d["rows"][:n]
     tiles = [load_resized(info["path"].iloc[i], 128) for i in rows]

@@ -9,7 +9,6 @@ import pandas as pd
 from mcls.data.table import list_images, load_eval_table
 from mcls.infer.predictor import predict_paths
 from mcls.infer.serving import Serving
-from mcls.infer.vote import probs_file
 from mcls.io import writable_output, write_csv
 from mcls.labels import (
     GENDERS,
@@ -27,24 +26,51 @@ class SubmissionError(ValueError):
 
 
 
+def probs_file(submission: str | Path) -> Path:
+    """Where a submission's eval probabilities are kept: <stem>_probs.csv beside it (ImageID, p0..p17)."""
+    submission = Path(submission)
+    return submission.with_name(f"{submission.stem}_probs.csv")
+
+
+def order_problems(image_ids, info: pd.DataFrame) -> list[str]:
+    """What keeps `image_ids` from being info.csv's ImageIDs in info.csv's order."""
+    ids, expected = np.asarray(image_ids), info["ImageID"].to_numpy()
+    if len(ids) != len(expected):
+        return [f"{len(ids)} rows, info.csv has {len(expected)}"]
+    if not np.array_equal(ids, expected):
+        return [f"rows are not in info.csv's order (row order differs from row {int(np.argmax(ids != expected)) + 2} "
+                "on)"]
+    return []
+
+
+def class_problems(answers) -> list[str]:
+    ans = pd.to_numeric(pd.Series(answers), errors="coerce")
+    bad = ~ans.between(0, NUM_CLASSES - 1) | (ans % 1 != 0)
+    return [f"{int(bad.sum())} answer(s) outside the classes 0..{NUM_CLASSES - 1}"] if bad.any() else []
+
+
 def check_submission(sub: pd.DataFrame, info: pd.DataFrame, where: str = "submission") -> None:
     """Refuses a submission whose rows are not info.csv's rows in order, or whose classes are not 0..17."""
     problems = []
     if list(sub.columns) != ["ImageID", "ans"]:
         problems.append(f"columns are {list(sub.columns)}, expected ['ImageID', 'ans']")
-    if len(sub) != len(info):
-        problems.append(f"{len(sub)} rows, info.csv has {len(info)}")
-    elif "ImageID" in sub and not np.array_equal(sub["ImageID"].to_numpy(), info["ImageID"].to_numpy()):
-        first = int(np.argmax(sub["ImageID"].to_numpy() != info["ImageID"].to_numpy()))
-        problems.append(f"row order differs from info.csv from row {first + 2} on")
+    if "ImageID" in sub:
+        problems += order_problems(sub["ImageID"], info)
     if "ans" in sub:
-        ans = pd.to_numeric(sub["ans"], errors="coerce")
-        bad = ~ans.between(0, NUM_CLASSES - 1) | (ans % 1 != 0)
-        if bad.any():
-            problems.append(f"{int(bad.sum())} answer(s) outside the classes 0..{NUM_CLASSES - 1}")
+        problems += class_problems(sub["ans"])
     if problems:
         raise SubmissionError(f"{where}: refusing to write: " + "; ".join(problems))
 
+
+def save_submission(out: Path, info: pd.DataFrame, answers, probs: np.ndarray | None = None) -> Path:
+    """Writes a checked `ImageID,ans` submission in info.csv's order and, given probabilities, its _probs.csv
+    beside it (what teammates soft-vote); an earlier file of either name is kept, never lost."""
+    sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": np.asarray(answers).astype(int)})
+    check_submission(sub, info, str(out))
+    write_csv(out, sub, keep_previous=True)
+    if probs is not None:
+        write_csv(probs_file(out), probabilities_table(info["ImageID"], probs), keep_previous=True)
+    return out
 
 
 def served(run, overrides: dict | None = None) -> Serving:
@@ -62,11 +88,7 @@ def write_submission(data_dir: str | Path, run, out: str | Path | None = None, d
     out = writable_output(out if out else serving.runs[0].submission_file, "submission")
     info = load_eval_table(data_dir)
     probs = predict_paths(info["path"], serving, device)[0]
-    sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": probs.argmax(1).astype(int)})
-    check_submission(sub, info, str(out))
-    write_csv(out, sub, keep_previous=True)  # an earlier submission is kept beside it, never lost
-    # the probabilities beside it, so that teammates can soft-vote (mcls vote)
-    write_csv(probs_file(out), probabilities_table(info["ImageID"], probs), keep_previous=True)
+    save_submission(out, info, probs.argmax(1), probs)
     if not serving.several_runs:  # a tracked run keeps its submissions on the MLflow server too
         log_submission(serving.runs[0].path, [out, probs_file(out)])
     return out

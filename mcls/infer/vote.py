@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mcls.infer.submission import class_problems, order_problems
 from mcls.labels import NUM_CLASSES, PROB_COLUMNS, decode
 from mcls.runs.layout import Run
 
@@ -15,12 +16,6 @@ HEADS = ("mask", "gender", "age")
 
 class VoteError(ValueError):
     """An input file that cannot be voted with; the message names it and lists what is wrong."""
-
-
-def probs_file(submission: str | Path) -> Path:
-    """Where a submission's eval probabilities are kept: <stem>_probs.csv beside it (ImageID, p0..p17)."""
-    submission = Path(submission)
-    return submission.with_name(f"{submission.stem}_probs.csv")
 
 
 def answers_file(source: str | Path) -> Path:
@@ -46,11 +41,7 @@ def read_answers(path: str | Path, info: pd.DataFrame) -> tuple[np.ndarray, np.n
         dupes = df["ImageID"][df["ImageID"].duplicated()].unique()
         if len(dupes):
             problems.append(f"ImageID(s) listed twice: {', '.join(map(str, dupes[:5]))}")
-        if len(df) != len(info):
-            problems.append(f"{len(df)} rows, info.csv has {len(info)}")
-        elif not np.array_equal(df["ImageID"].to_numpy(), info["ImageID"].to_numpy()):
-            first = int(np.argmax(df["ImageID"].to_numpy() != info["ImageID"].to_numpy()))
-            problems.append(f"rows are not in info.csv's order from row {first + 2} on")
+        problems += order_problems(df["ImageID"], info)
     probs = None
     if all(c in df.columns for c in PROB_COLUMNS):
         probs = df[PROB_COLUMNS].to_numpy(dtype=float)
@@ -58,11 +49,8 @@ def read_answers(path: str | Path, info: pd.DataFrame) -> tuple[np.ndarray, np.n
             problems.append("p0..p17 are not probabilities (finite, >= 0, summing to 1 per row)")
         answers = probs.argmax(1)
     elif "ans" in df.columns:
-        ans = pd.to_numeric(df["ans"], errors="coerce")
-        bad = ~ans.between(0, NUM_CLASSES - 1) | (ans % 1 != 0)
-        if bad.any():
-            problems.append(f"{int(bad.sum())} answer(s) outside the classes 0..{NUM_CLASSES - 1}")
-        answers = ans.fillna(-1).astype(int).to_numpy()
+        problems += class_problems(df["ans"])
+        answers = pd.to_numeric(df["ans"], errors="coerce").fillna(-1).astype(int).to_numpy()
     else:
         problems.append("neither an ans column (a submission) nor p0..p17 (a probability file)")
     if problems:
@@ -109,13 +97,13 @@ def vote(paths: list, info: pd.DataFrame, weights: list[float] | None = None,
 
 
 def disagreements(a: str | Path, b: str | Path, info: pd.DataFrame) -> dict:
-    """Where two answers differ: {"rows": indices, "n": count, head: crosstab of A's vs B's value on the rows where
-    that head differs}; empty tables when they agree."""
+    """Where two answers differ: {"a", "b": the answers, "rows": indices where they differ, "n": count, head:
+    crosstab of A's vs B's value on the rows where that head differs}; empty tables when they agree."""
     from mcls.labels import GENDERS, MASK_STATES, age_band_names
 
     ans_a, ans_b = read_answers(a, info)[0], read_answers(b, info)[0]
     rows = np.flatnonzero(ans_a != ans_b)
-    out = {"rows": rows, "n": len(rows), "of": len(info)}
+    out = {"a": ans_a, "b": ans_b, "rows": rows, "n": len(rows), "of": len(info)}
     # the eval classes use the competition's own age bands, whatever edges a run trained with
     names = {"mask": MASK_STATES, "gender": GENDERS, "age": age_band_names((30, 60))}
     for k, head in enumerate(HEADS):
