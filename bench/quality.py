@@ -45,7 +45,9 @@ from common import ActiveClock, machine  # noqa: E402
 from mcls.analysis.robustness import mask_robustness, real_mask_scores
 from mcls.config import Config
 from mcls.data.table import read_persons
+from mcls.infer import face_expert
 from mcls.infer.calibration import apply_age_bias, fit_age_bias
+from mcls.infer.face_expert import fit_run_experts
 from mcls.infer.persons import consistency_scores
 from mcls.infer.serving import Serving
 from mcls.io import write_json
@@ -103,6 +105,7 @@ ON_DEFAULT = {
     "default+age-dist": dict(age_head="dist"),  # the exact-age head helped the plain and wear2 recipes: on the default?
     "default+near-edge3": dict(near_edge_drop=3),  # the winner's trick: no 27-29 or 57-59 year-olds in training
     "default+vcutmix-fixed": dict(mix="vcutmix_fixed"),  # the winner's left/right cut at 46-54% of the width
+    "default+robust-aug": dict(augment="robust"),  # real photos' mask state: recoloured masks, chin cuts, low light
 }
 
 # Averages of variants' validation probabilities (every variant splits its folds with seed 42, so fold k is the same
@@ -243,8 +246,8 @@ def summarise(folds: pd.DataFrame) -> pd.DataFrame:
     """One row per variant and inference mode: mean, spread and count over the folds run."""
     rows = []
     for name, g in folds.groupby("variant", sort=False):
-        for tag in ("", "+tta", "+tta+persons", "+tta+persons+calib"):
-            if g[f"f1{tag}"].isna().any():
+        for tag in ("", "+tta", "+tta+persons", "+tta+persons+calib", "+tta+persons+face"):
+            if f"f1{tag}" not in g or g[f"f1{tag}"].isna().any():
                 continue
             label = f"{name} {tag.replace('+', ' +').strip()}".strip()
 
@@ -275,6 +278,9 @@ def main(argv=None):
     ap.add_argument("--folds", default="0,1", help="comma list of the 5 folds, or 'all' (with --variants)")
     ap.add_argument("--runs", default="runs/quality")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--face-prior", action="store_true",
+                    help="add '+tta +persons +face' rows: each run's dlib face experts (fitted where missing), their "
+                         "weight chosen on the other folds")
     ap.add_argument("--realmask", default=str(REALMASK) if REALMASK.is_file() else None,
                     help="labels.csv of real photos with mask states (default: ../shared/data/realmask-dev, if there)")
     args = ap.parse_args(argv)
@@ -285,7 +291,8 @@ def main(argv=None):
         for name in variants.split(","):
             run_variant(name, parse_folds(fold_list), args, data)
             write_tables(Path(args.runs), Path(args.out), command,
-                         run_folder("default", args.data, Path(args.runs)).name, args.data, args.realmask)
+                         run_folder("default", args.data, Path(args.runs)).name, args.data, args.realmask,
+                         args.face_prior)
 
 
 def parse_folds(text: str) -> list[int]:
@@ -304,7 +311,8 @@ def run_variant(name: str, folds: list[int], args, data: DataCache) -> None:
               f"{res['f1+tta+persons']:.4f}  ({res['wall_s'] / 60:.1f} min)", flush=True)
 
 
-def collect(runs: Path, data_dir: str, realmask: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def collect(runs: Path, data_dir: str, realmask: str | None = None, face_prior: bool = False
+            ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Every finished fold under runs/ (whatever command produced it), with the variant named by its folder, the
     ENSEMBLES' and the nested selection's folds; the robustness rows; the selection's choice on all folds. With
     `realmask` (a labels.csv of real photos), each fold model's mask scores on them, computed once into bench.json."""
@@ -322,6 +330,8 @@ def collect(runs: Path, data_dir: str, realmask: str | None = None) -> tuple[pd.
     folds, shipped = pd.DataFrame(folds), []
     if not folds.empty:
         folds = folds.merge(calibrated_scores(runs), on=["run", "fold"], how="left")
+        if face_prior:
+            folds = folds.merge(face_scores(runs), on=["run", "fold"], how="left")
         folds = folds.merge(epoch_choice(runs, folds), on="run", how="left")
         selected, shipped = selection_folds(runs, data_dir, folds)
         folds = pd.concat([folds, ensemble_folds(runs, data_dir, folds), selected], ignore_index=True)
@@ -346,6 +356,27 @@ def calibrated_scores(runs: Path) -> pd.DataFrame:
     for run in sorted(p for p in runs.iterdir() if Run(p).config_file.is_file()):
         rows += nested_calibration(run.name, {k: (f.labels, f.probs) for k, f in served(run, True, True).items()})
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run", "fold", "f1+tta+persons+calib"])
+
+
+def face_scores(runs: Path) -> pd.DataFrame:
+    """Per fold: +tta +persons with the dlib face expert blended in (mcls.infer.face_expert), its weight chosen on the
+    run's other folds (nested: the weight that scored best there); runs with fewer than two folds get none. Fits
+    the runs' experts first where missing."""
+    rows = []
+    for run in sorted(p for p in runs.iterdir() if Run(p).config_file.is_file()):
+        if len(Run(run).scored_folds) < 2:
+            continue
+        if not all(f.face_expert.is_file() for f in Run(run).folds):
+            fit_run_experts(Run(run))
+        by_weight = {w: {k: score(f.labels, f.probs) for k, f in
+                         Serving.resolve(run, {"tta": True, "person_consistent": True, "calibrate_age": False,
+                                               "face_weight": w}, members=False).oof().items()}
+                     for w in face_expert.WEIGHTS}
+        for k in by_weight[0.0]:
+            w = max(face_expert.WEIGHTS, key=lambda w: np.mean([s["f1"] for j, s in by_weight[w].items() if j != k]))
+            rows.append({"run": run.name, "fold": k, "face_weight": w,
+                         **{f"{m}+tta+persons+face": v for m, v in by_weight[w][k].items()}})
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run", "fold", "f1+tta+persons+face"])
 
 
 def nested_calibration(run: str, by_fold: dict) -> list[dict]:
@@ -445,8 +476,8 @@ def age_by_edge_distance(run: Path, data_dir: str, bounds=(30, 60)) -> pd.DataFr
 
 
 def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir: str,
-                 realmask: str | None = None) -> None:
-    folds, robust, shipped = collect(runs, data_dir, realmask)
+                 realmask: str | None = None, face_prior: bool = False) -> None:
+    folds, robust, shipped = collect(runs, data_dir, realmask, face_prior)
     if folds.empty:
         return
     # the rows of the config Config() trains now, whichever variant name first trained it

@@ -86,6 +86,22 @@ def cmd_calibrate(args) -> None:
     print(json.dumps({k: v if isinstance(v, list) else round(v, 4) for k, v in fit.items()}, indent=2))
 
 
+def cmd_face_prior(args) -> None:
+    from mcls.infer.face_expert import fit_run_experts, weight_scores
+    from mcls.runs.layout import Run
+
+    overrides, _ = prediction_keys(args, ())
+    run = Run.open(args.run)
+    folds = fit_run_experts(run)
+    table = weight_scores(run.path, overrides=overrides)
+    print(f"face experts fitted for folds {folds} of {run.path}; out-of-fold scores by face_weight "
+          "(served as the run's config, no age bias):")
+    print(table.round(4).to_string(index=False))
+    best = table.loc[table["f1"].idxmax()]
+    print(f"serve with it: mcls predict --run {run.path} face_weight={best['face_weight']:g} (chosen on these "
+          "folds' own persons, so mildly optimistic)")
+
+
 def cmd_folds(args) -> None:
     from mcls.data.folds import assign_folds, fold_summary
     from mcls.data.table import load_train_table
@@ -335,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("calibrate", cmd_calibrate, "fit a run's age-band bias on its folds' validation predictions "
                                         "(done by `train fold=-1`; use it after training folds one by one)")
     p.add_argument("--run", required=True, help="run folder with 2+ fold*/val_predictions.csv")
+    p = add("face-prior", cmd_face_prior, "fit a run's dlib face experts (one logistic regression per fold on frozen "
+                                          "face descriptors) and score its folds at each face_weight")
+    p.add_argument("--run", required=True, help="run folder with fold*/best.pt and fold*/val_predictions.csv")
     add("folds", cmd_folds, "show persons per fold and gender x age cell")
     add("check", cmd_check, "validate a data folder and list every problem")
     add("demo", cmd_demo, "train briefly on data/sample and write a submission")

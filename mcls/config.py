@@ -33,7 +33,7 @@ class Config:
     crop_chin: float = 0.2  # ... and this much more below, so a mask pulled down to the chin stays in
     crop_min_confidence: float = 0.9  # weaker detections count as no face
     crop_fallback: float = 0.8  # no face: centred square, this fraction of the shorter side
-    crop_cache: str = ".cache/mcls/crops"  # detections cached by image content; "" = no disk cache
+    crop_cache: str = ".cache/mcls/crops"  # detections (and face descriptors) cached by image content; "" = none
     image_cache: str = ".cache/mcls/images"  # decoded arrays keyed by files, size and crop; "" = decode every run
     # --- folds ---
     n_folds: int = 5
@@ -84,6 +84,7 @@ class Config:
     tta: bool = True  # horizontal-flip test-time augmentation for prediction
     person_consistent: bool = True  # share gender/age across images grouped as one person (no ids used)
     group_threshold: float = 0.4  # cosine distance under which upper-face embeddings join one person
+    face_weight: float = 0.0  # weight of the dlib face expert in the gender and age heads (0 = off; >0 fits one per fold)
     calibrate_age: bool = True  # fit age-band priors on out-of-fold predictions (2+ folds) and apply them
     smoke: bool = False  # tiny run for tests and first tries: 1 epoch, small images
     compare_with: str = ""  # notebook 05: a teammate's submission, probabilities or run to show disagreements with
@@ -163,6 +164,8 @@ class Config:
         if not 0 < self.group_threshold <= 2 or not 0 <= self.pseudo_threshold <= 1:
             out.append(f"group_threshold={self.group_threshold} must be in (0, 2] (a cosine distance), "
                        f"pseudo_threshold={self.pseudo_threshold} in [0, 1]")
+        if not 0 <= self.face_weight <= 1:
+            out.append(f"face_weight={self.face_weight} must be in [0, 1] (0 = no face expert)")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             out.append(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         if self.heads == "single" and self.age_head != "band":

@@ -82,6 +82,13 @@ def write_csv(path: str | Path, df: pd.DataFrame, keep_previous: bool = False, *
         df.to_csv(tmp, index=False, **kwargs)
 
 
+def save_npy(path: str | Path, arr) -> None:
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
+
+
 def save_torch(path: str | Path, obj) -> None:
     import torch
 

@@ -96,5 +96,6 @@ def predict_paths(paths, serving: Serving, device: str = "auto", batch_size: int
     probs = np.mean(probs, axis=0)
     bad = sorted(bad)
     keep = np.setdiff1d(np.arange(len(paths)), bad)
+    probs[keep] = serving.with_face(probs[keep], [paths[i] for i in keep])
     probs[keep] = serving.finish(probs[keep], serving.groups(first_images[keep]))
     return probs, bad, first

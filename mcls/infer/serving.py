@@ -16,11 +16,12 @@ import pandas as pd
 
 from mcls.config import Config, ConfigError
 from mcls.infer.calibration import apply_age_bias
+from mcls.infer.face_expert import blend, descriptor_settings, mean_expert_probs
 from mcls.infer.persons import face_embeddings, group_images, share_within_groups
-from mcls.runs.layout import Run
+from mcls.runs.layout import Fold, Run
 
 # Config keys that change how a trained run predicts; any other key means nothing to prediction.
-SERVING_KEYS = ("tta", "person_consistent", "group_threshold", "calibrate_age")
+SERVING_KEYS = ("tta", "person_consistent", "group_threshold", "face_weight", "calibrate_age")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Serving:
     age_bias: tuple[float, ...] | None = None  # log-prior offsets per age band, applied last
     checkpoint: Path | None = None  # serve this one checkpoint instead of the runs' fold ensembles
     several_runs: bool = False  # runs named together (not one run and its members): no run folder owns the output
+    face_weight: float = 0.0  # the first run's face experts' share of the gender and age heads
+    face_settings: object = None  # where the face boxes for the expert's descriptors come from (CropSettings)
 
     @classmethod
     def resolve(cls, run, overrides: dict | None = None, members: bool = True) -> "Serving":
@@ -75,13 +78,43 @@ class Serving:
             bias = age_bias_of(runs[0], cfg.person_consistent)
         averaged = runs if checkpoint or not members else list(dict.fromkeys(r for run in runs
                                                                               for r in run.with_members))
-        return cls(tuple(averaged), cfg.tta, cfg.person_consistent, cfg.group_threshold,
-                   None if bias is None else tuple(float(b) for b in bias), checkpoint, len(runs) > 1)
+        serving = cls(tuple(averaged), cfg.tta, cfg.person_consistent, cfg.group_threshold,
+                      None if bias is None else tuple(float(b) for b in bias), checkpoint, len(runs) > 1,
+                      cfg.face_weight, descriptor_settings(cfg))
+        if serving.face_weight and not serving.expert_files():
+            raise ConfigError(f"face_weight={cfg.face_weight}: {runs[0].path} has no fold*/face_expert.npz; train with "
+                              f"face_weight set, or fit them for this run: mcls face-prior --run {runs[0].path}")
+        return serving
 
     @classmethod
     def of_config(cls, cfg: Config, runs=()) -> "Serving":
         """The policy a config describes, without a fitted age bias: how a fold is scored while it trains."""
-        return cls(tuple(runs), cfg.tta, cfg.person_consistent, cfg.group_threshold)
+        return cls(tuple(runs), cfg.tta, cfg.person_consistent, cfg.group_threshold, face_weight=cfg.face_weight,
+                   face_settings=descriptor_settings(cfg))
+
+    def expert_files(self, folds=None) -> list[Path]:
+        """The first run's face experts: of the given folds, or every fold's (served as their average). A single
+        checkpoint is served with its own fold's expert."""
+        if self.checkpoint is not None:
+            files = [self.checkpoint.parent / Fold.EXPERT]
+        elif folds is not None:
+            files = [self.runs[0].fold(k).face_expert for k in folds]
+        else:
+            files = [f.face_expert for f in self.runs[0].folds]
+        return [f for f in files if f.is_file()]
+
+    def with_face(self, probs: np.ndarray, paths, folds=None) -> np.ndarray:
+        """Probabilities with the face experts blended into gender and age (unchanged when face_weight is 0)."""
+        if not self.face_weight:
+            return probs
+        from mcls.data.embeddings import face_descriptors
+
+        files = self.expert_files(folds)
+        if not files:
+            raise FileNotFoundError(f"{self.runs[0].path}: no face expert for fold(s) {folds} (mcls face-prior --run "
+                                    f"{self.runs[0].path} fits them)")
+        descriptors = face_descriptors(list(paths), self.face_settings)
+        return blend(probs, mean_expert_probs(files, descriptors), self.face_weight).astype(probs.dtype)
 
     def record(self) -> dict:
         """The policy as plain values, for metrics.json and logs."""
@@ -89,7 +122,7 @@ class Serving:
         return {"runs": [str(r.path.resolve()) for r in self.runs], "checkpoints": [str(c) for c in checkpoints],
                 "tta": self.tta,
                 "person_consistent": self.person_consistent, "group_threshold": self.group_threshold,
-                "age_log_bias": list(self.age_bias) if self.age_bias is not None else None}
+                "face_weight": self.face_weight, "age_log_bias": list(self.age_bias) if self.age_bias is not None else None}
 
     def describe(self) -> str:
         """What a person reads before predictions are made: which models, and how they are served."""
@@ -97,7 +130,9 @@ class Serving:
             f"{len(self.runs)} run(s) averaged: " + ", ".join(str(r.path) for r in self.runs)
         persons = f"on (group_threshold {self.group_threshold})" if self.person_consistent else "off"
         bias = "none" if self.age_bias is None else ", ".join(f"{b:+.1f}" for b in self.age_bias)
-        return f"{models}\nflip TTA {'on' if self.tta else 'off'}, person sharing {persons}, age-band log bias {bias}"
+        face = f", face expert weight {self.face_weight}" if self.face_weight else ""
+        return (f"{models}\nflip TTA {'on' if self.tta else 'off'}, person sharing {persons}{face}, age-band log bias "
+                f"{bias}")
 
     # ------------------------------------------------------------------ the steps after the models
     def groups(self, images: np.ndarray) -> np.ndarray | None:
@@ -137,7 +172,7 @@ class Serving:
                     raise ValueError(f"{run.fold(k).predictions}: validation images differ from "
                                      f"{self.runs[0].fold(k).predictions}; members must share data and folds")
                 probs.append(p[order.to_numpy(int)])
-            mean = np.mean(probs, axis=0)
+            mean = self.with_face(np.mean(probs, axis=0), table["path"], [k])
             if self.person_consistent and "group" not in table:
                 raise ValueError(f"{self.runs[0].fold(k).predictions}: no 'group' column (written before person "
                                  "groups were saved); re-run the fold, or serve with person_consistent=false")

@@ -36,6 +36,7 @@ class Fold:
 
     run: "Run"
     k: int
+    EXPERT = "face_expert.npz"
 
     @property
     def dir(self) -> Path:
@@ -62,6 +63,11 @@ class Fold:
     @property
     def summary(self) -> Path:
         return self.dir / SUMMARY
+
+    @property
+    def face_expert(self) -> Path:
+        """The fold's face-prior expert (mcls.infer.face_expert), fitted on the fold's training persons."""
+        return self.dir / self.EXPERT
 
     def figure(self, name: str) -> Path:
         return self.dir / f"{name}.png"

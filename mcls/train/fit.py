@@ -208,8 +208,8 @@ def finish_fold(cfg, out: Fold, val_df, val_ds, rt: Runtime, state: dict) -> dic
     model = rt.prepare(load_checkpoint(out.best, rt.device)[0])
     plain, mirrored = predict_dataset(model, val_ds, rt, rt.eval_batch(cfg.batch_size), views=True,
                                       num_workers=cfg.num_workers, desc="validate best")
-    serving = dataclasses.replace(Serving.of_config(cfg), person_consistent=True)
-    probs = (plain + mirrored) / 2 if serving.tta else plain
+    serving = dataclasses.replace(Serving.of_config(cfg, (out.run,)), person_consistent=True)
+    probs = serving.with_face((plain + mirrored) / 2 if serving.tta else plain, val_df["path"], [out.k])
     labels = val_df["label"].to_numpy()
     groups = serving.groups(val_ds.images)
     shared = serving.finish(probs, groups)

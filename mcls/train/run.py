@@ -129,6 +129,13 @@ def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out: 
     log.info("fold %d: %d training / %d validation images%s", k, train_rows.sum(), is_val.sum(),
              f" ({(~is_val).sum() - train_rows.sum()} near-edge ages left out of training)" if cfg.near_edge_drop
              else "")
+    if cfg.face_weight:
+        from mcls.infer.face_expert import fit_fold_expert
+
+        if distributed.is_main():
+            out.dir.mkdir(parents=True, exist_ok=True)
+            fit_fold_expert(cfg, table, k, out.face_expert)
+        distributed.barrier()
     extra = None
     if cfg.pseudo_label != "none":
         from mcls.train.pseudo import pseudo_labelled
