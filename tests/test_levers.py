@@ -67,3 +67,20 @@ def test_real_mask_scores_of_a_checkpoint(trained_run, tmp_path):
     s = real_mask_scores(trained_run / "fold0" / "best.pt", tmp_path / "labels.csv")
     assert {"real_mask_f1", "real_f1_wear", "real_f1_incorrect", "real_f1_not_wear", "real_mask_f1_a",
             "real_mask_f1_b"} <= set(s) and all(0 <= v <= 1 for v in s.values())
+
+
+def test_competition_preset_mirrors_the_winner_and_trains_at_tiny_size(tiny_cfg):
+    from conftest import TINY
+    from mcls.config import read_yaml_keys
+    from mcls.runs.layout import Run
+    from mcls.train.run import train
+
+    _, keys = read_yaml_keys("competition")
+    assert keys["backbone"] == "tf_efficientnet_b4" and keys["img_size"] == 380 and keys["loss"] == "f1"
+    assert keys["train_old_age"] == 59 and keys["near_edge_drop"] == 3 and keys["mix"] == "vcutmix_fixed"
+    # the same recipe smoke-tested on CPU: the tiny backbone and size, everything else as the preset says
+    cfg = Config().updated({**keys, **TINY, "data_dir": tiny_cfg.data_dir, "run_dir": tiny_cfg.run_dir, "epochs": 1})
+    assert cfg.loss == "f1" and cfg.mix == "vcutmix_fixed" and cfg.members == ["member-seed7"]
+    summary = train(cfg)
+    assert 0 <= summary["ens_f1"] <= 1 and len(summary["ens_members"]) == 2
+    assert Run(cfg.run_dir).member("member-seed7").fold(0).best.is_file()
