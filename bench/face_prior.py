@@ -18,21 +18,21 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import f1_score  # noqa: E402
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import machine  # noqa: E402
+from common import machine
 
-from mcls.data.embeddings import face_descriptors  # noqa: E402
-from mcls.data.faces import CropSettings, detect_faces  # noqa: E402
-from mcls.data.folds import assign_folds  # noqa: E402
-from mcls.data.table import load_train_table  # noqa: E402
-from mcls.infer import face_expert  # noqa: E402
+from mcls.data.embeddings import face_descriptors
+from mcls.data.faces import CropSettings, detect_faces
+from mcls.data.folds import assign_folds
+from mcls.data.table import load_train_table
+from mcls.infer import face_expert
 
 
 def speed(paths: list[str]) -> dict:

@@ -39,3 +39,15 @@ def decode(label):
 def class_names(bounds=(30, 60)) -> list[str]:
     ages = age_band_names(bounds)
     return [f"{MASK_STATES[m]}/{GENDERS[g]}/{ages[a]}" for m in range(3) for g in range(2) for a in range(3)]
+
+
+def near_edge(ages: np.ndarray, edges, years: int) -> np.ndarray:
+    """True for ages within `years` below an edge (edge - years .. edge - 1): labels a year or two from the next
+    band are the noisiest (and UTKFace's ages are guesses), so training may leave them out. Never applied to
+    validation, whose labels are the competition's."""
+    ages = np.asarray(ages)
+    out = np.zeros(len(ages), dtype=bool)
+    if years > 0:
+        for edge in edges:
+            out |= (ages >= edge - years) & (ages < edge)
+    return out

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import SAMPLE
+
 from mcls.data import embeddings
 from mcls.data.faces import CropSettings
 from mcls.infer import face_expert

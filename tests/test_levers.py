@@ -8,7 +8,7 @@ import torch
 from mcls.config import Config, ConfigError
 from mcls.metrics import epoch_choice_scores
 from mcls.train.mixing import FIXED_CUT, BatchMixer
-from mcls.train.sampling import near_edge
+from mcls.labels import near_edge
 
 
 def test_near_edge_ages_are_those_just_below_each_edge():

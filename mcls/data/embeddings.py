@@ -74,7 +74,7 @@ def face_box(record: dict, min_confidence: float) -> tuple[float, float, float, 
 def embed_array(arr: np.ndarray, box) -> np.ndarray:
     """One RGB uint8 image's embedding (float32, unit length) for a face box (x1, y1, x2, y2)."""
     dlib, landmarks, net = _dlib_models()
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = (round(v) for v in box)
     shape = landmarks(arr, dlib.rectangle(x1, y1, x2, y2))
     chip = dlib.get_face_chip(arr, shape, size=EMBEDDER["chip"], padding=EMBEDDER["padding"])
     vec = np.asarray(net.compute_face_descriptor(chip, EMBEDDER["jitter"]), dtype=np.float32)

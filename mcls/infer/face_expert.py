@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from mcls.labels import NUM_CLASSES, decode
+from mcls.labels import NUM_CLASSES, decode, near_edge
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,6 @@ def descriptor_settings(cfg):
 def fit_fold_expert(cfg, table: pd.DataFrame, k: int, path) -> None:
     """Fits and saves fold k's expert on the rows its network trains on (not fold k; the near-edge drop applied)."""
     from mcls.data.embeddings import face_descriptors
-    from mcls.train.sampling import near_edge
 
     descriptors = face_descriptors(table["path"], descriptor_settings(cfg))
     rows = (table["fold"] != k).to_numpy() & ~near_edge(table["age"], cfg.age_bounds, cfg.near_edge_drop)

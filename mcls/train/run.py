@@ -14,6 +14,7 @@ from mcls.data.table import data_fingerprint, load_train_table
 from mcls.infer.calibration import calibrate_run
 from mcls.infer.serving import Serving
 from mcls.io import write_json
+from mcls.labels import near_edge
 from mcls.metrics import epoch_choice_scores
 from mcls.runs.layout import Fold, Run
 from mcls.runs.records import open_run, write_run_info
@@ -21,7 +22,6 @@ from mcls.runs.tracking import log_run
 from mcls.runtime import distributed
 from mcls.train.fit import fit
 from mcls.train.preflight import check_references
-from mcls.train.sampling import near_edge
 
 log = logging.getLogger(__name__)
 

@@ -49,15 +49,3 @@ def epoch_order(targets: np.ndarray, seed: int, sampler: str = "uniform", person
     if sampler != "uniform":
         raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
     return rows[torch.randperm(len(rows), generator=g).numpy()]
-
-
-def near_edge(ages: np.ndarray, edges, years: int) -> np.ndarray:
-    """True for ages within `years` below an edge (edge - years .. edge - 1): labels a year or two from the next
-    band are the noisiest (and UTKFace's ages are guesses), so training may leave them out. Never applied to
-    validation, whose labels are the competition's."""
-    ages = np.asarray(ages)
-    out = np.zeros(len(ages), dtype=bool)
-    if years > 0:
-        for edge in edges:
-            out |= (ages >= edge - years) & (ages < edge)
-    return out
