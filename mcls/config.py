@@ -85,7 +85,7 @@ class Config:
     person_consistent: bool = True  # share gender/age across images grouped as one person (no ids used)
     group_threshold: float = 0.4  # cosine distance under which upper-face embeddings join one person
     face_weight: float = 0.0  # weight of the dlib face expert in the gender and age heads (0 = off; >0 fits one per fold)
-    calibrate_age: bool = True  # fit age-band priors on out-of-fold predictions (2+ folds) and apply them
+    calibrate_age: bool = False  # fit age-band priors on out-of-fold predictions (2+ folds) and apply them
     smoke: bool = False  # tiny run for tests and first tries: 1 epoch, small images
     compare_with: str = ""  # notebook 05: a teammate's submission, probabilities or run to show disagreements with
     tracker: str = "none"  # none | mlflow

@@ -80,7 +80,8 @@ def two_fold_run(tmp_path_factory):
     from mcls.train.run import train
 
     run = tmp_path_factory.mktemp("cal") / "run"
-    summary = train(Config(data_dir=str(SAMPLE), run_dir=str(run), **{**TINY, "n_folds": 2}, fold=-1))
+    summary = train(Config(data_dir=str(SAMPLE), run_dir=str(run), **{**TINY, "n_folds": 2}, fold=-1,
+                            calibrate_age=True))
     return run, summary
 
 

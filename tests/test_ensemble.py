@@ -28,7 +28,7 @@ def _member(tmp_path, name, text):
 
 def test_a_run_with_members_trains_them_on_its_folds_and_predicts_their_average(tiny_cfg, tmp_path, sample_dir):
     other = _member(tmp_path, "small", "img_size: 40\ntrain_seed: 3\n")
-    cfg = tiny_cfg.updated({"members": [other], "fold": -1})
+    cfg = tiny_cfg.updated({"members": [other], "fold": -1, "calibrate_age": True})
     summary = train(cfg)
     run = tmp_path / "run"
     assert Run.open(run).with_members == [Run(run), Run(run / "members" / "small")]
