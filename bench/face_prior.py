@@ -45,25 +45,21 @@ def speed(paths: list[str]) -> dict:
 
 def expert_scores(table: pd.DataFrame, descriptors: np.ndarray, c: float) -> list[dict]:
     """Per fold: the expert fitted on the other folds, scored on this one (per image, every mask state)."""
-    face_expert.C, old = c, face_expert.C
     rows = []
-    try:
-        for k in sorted(table["fold"].unique()):
-            val = (table["fold"] == k).to_numpy()
-            expert = face_expert.fit_expert(descriptors[~val], table[~val])
-            probs = face_expert.expert_probs(expert, descriptors[val])
-            g, a = probs["gender"].argmax(1), probs["age"].argmax(1)
-            t = table[val]
-            masked = (t["mask"] == 0).to_numpy()
-            rows.append({"C": c, "fold": int(k), "f1_gender": f1_score(t["gender"], g, average="macro"),
-                         "acc_gender": float((g == t["gender"]).mean()),
-                         "f1_age": f1_score(t["age_band"], a, average="macro"),
-                         "acc_age": float((a == t["age_band"]).mean()),
-                         "f1_old": f1_score(t["age_band"] == 2, a == 2),
-                         "acc_age_unmasked": float((a[~masked] == t["age_band"].to_numpy()[~masked]).mean()),
-                         "acc_age_masked": float((a[masked] == t["age_band"].to_numpy()[masked]).mean())})
-    finally:
-        face_expert.C = old
+    for k in sorted(table["fold"].unique()):
+        val = (table["fold"] == k).to_numpy()
+        expert = face_expert.fit_expert(descriptors[~val], table[~val], c)
+        probs = face_expert.expert_probs(expert, descriptors[val])
+        g, a = probs["gender"].argmax(1), probs["age"].argmax(1)
+        t = table[val]
+        masked = (t["mask"] == 0).to_numpy()
+        rows.append({"C": c, "fold": int(k), "f1_gender": f1_score(t["gender"], g, average="macro"),
+                     "acc_gender": float((g == t["gender"]).mean()),
+                     "f1_age": f1_score(t["age_band"], a, average="macro"),
+                     "acc_age": float((a == t["age_band"]).mean()),
+                     "f1_old": f1_score(t["age_band"] == 2, a == 2),
+                     "acc_age_unmasked": float((a[~masked] == t["age_band"].to_numpy()[~masked]).mean()),
+                     "acc_age_masked": float((a[masked] == t["age_band"].to_numpy()[masked]).mean())})
     return rows
 
 

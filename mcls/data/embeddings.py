@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcls.data.faces import CropSettings, detect_faces
+from mcls.data.faces import CropSettings, detect_faces, subject_face
 from mcls.data.images import BadImageError, decode_image
 from mcls.io import save_npy
 
@@ -37,7 +37,7 @@ def models_dir() -> Path:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"the face prior needs dlib's model files: {INSTALL}")
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
 @lru_cache(maxsize=1)
@@ -63,9 +63,9 @@ def available() -> bool:
 def face_box(record: dict, min_confidence: float) -> tuple[float, float, float, float]:
     """The subject's face box (the largest confident face), else the middle 60% of the photo: portraits are
     centred, and dlib's landmarks still land on a face that MTCNN missed behind a mask."""
-    faces = [f for f in record.get("faces", []) if f[4] >= min_confidence]
-    if faces:
-        return tuple(max(faces, key=lambda f: (f[2] - f[0]) * (f[3] - f[1]))[:4])
+    face = subject_face(record, min_confidence)
+    if face is not None:
+        return tuple(face[:4])
     h, w = record["size"]
     side = 0.6 * min(h, w)
     return (w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2
@@ -92,9 +92,9 @@ def face_descriptors(paths, settings: CropSettings = CropSettings(), cache_dir: 
     Cached rows (in `cache_dir`, by default the detections' cache folder; "" = none) are read back without decoding;
     the rest use the (cached) MTCNN faces for their box.
     """
-    cache_dir = settings.cache_dir if cache_dir is None else cache_dir
     from mcls.runtime.progress import progress
 
+    cache_dir = settings.cache_dir if cache_dir is None else cache_dir
     paths = [str(p) for p in paths]
     out = np.zeros((len(paths), DIM), dtype=np.float32)
     todo = []

@@ -161,21 +161,27 @@ def crop_box(record: dict, settings: CropSettings = CropSettings()) -> tuple[tup
     if "error" in record:
         return None, f"unreadable: {record['error']}"
     h, w = record["size"]
-    faces = [f for f in record["faces"] if f[4] >= settings.min_confidence]
-    if not faces:
+    face = subject_face(record, settings.min_confidence)
+    if face is None:
         best = max((f[4] for f in record["faces"]), default=None)
         side = settings.fallback * min(h, w)
         box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
         reason = "no face" if best is None else f"low confidence {best:.3f}"
         reason = "detector failed" if record.get("failed") else reason
         return _fit(box, w, h), reason
-    x1, y1, x2, y2, _ = max(faces, key=lambda f: (f[2] - f[0]) * (f[3] - f[1]))  # the subject, not a bystander
+    x1, y1, x2, y2, _ = face
     fw, fh = x2 - x1, y2 - y1
     x1, x2 = x1 - settings.margin * fw, x2 + settings.margin * fw
     y1, y2 = y1 - settings.margin * fh, y2 + (settings.margin + settings.chin) * fh
     side = max(x2 - x1, y2 - y1)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     return _fit((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), w, h), ""
+
+
+def subject_face(record: dict, min_confidence: float) -> list[float] | None:
+    """The photo's subject: the largest face at or above `min_confidence` (not a bystander), or None."""
+    faces = [f for f in record.get("faces", []) if f[4] >= min_confidence]
+    return max(faces, key=lambda f: (f[2] - f[0]) * (f[3] - f[1])) if faces else None
 
 
 def _fit(box, w: int, h: int) -> tuple[int, int, int, int]:

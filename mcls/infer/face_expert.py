@@ -12,15 +12,15 @@ import logging
 import numpy as np
 import pandas as pd
 
-from mcls.labels import NUM_CLASSES, decode, near_edge
+from mcls.labels import NUM_CLASSES, near_edge
 
 log = logging.getLogger(__name__)
 
 HEAD_COLUMNS = {"gender": "gender", "age": "age_band_train"}  # expert head -> training target column
-C = 0.3  # inverse L2 strength on standardised descriptors; a 2-fold screen of 0.1-3 on utkmask moved F1 < 0.005
+C = 0.3  # inverse L2 strength on standardised descriptors; C 0.03-1 moved the expert's F1 < 0.005 on 5 utkmask folds
 
 
-def fit_expert(descriptors: np.ndarray, table: pd.DataFrame) -> dict[str, np.ndarray]:
+def fit_expert(descriptors: np.ndarray, table: pd.DataFrame, c: float = C) -> dict[str, np.ndarray]:
     """Arrays of one fold's expert, fitted on its training images' descriptors and targets."""
     from sklearn.linear_model import LogisticRegression
 
@@ -30,7 +30,7 @@ def fit_expert(descriptors: np.ndarray, table: pd.DataFrame) -> dict[str, np.nda
     out = {"mean": mean, "scale": scale}
     for head, column in HEAD_COLUMNS.items():
         y = table[column].to_numpy()[ok]
-        lr = LogisticRegression(C=C, max_iter=2000).fit((x - mean) / scale, y)
+        lr = LogisticRegression(C=c, max_iter=2000).fit((x - mean) / scale, y)
         coef, bias = lr.coef_, lr.intercept_
         if coef.shape[0] == 1:  # binary: sklearn keeps one row for class 1
             coef, bias = np.vstack([-coef / 2, coef / 2]), np.array([-bias[0] / 2, bias[0] / 2])
@@ -56,16 +56,14 @@ def blend(probs: np.ndarray, expert: dict[str, np.ndarray], weight: float) -> np
     """18-class probabilities whose gender and age marginals become (1 - weight) * the network's + weight * the
     expert's. Each class is rescaled by its marginals' ratio, so a factorised (head x head x head) distribution
     stays factorised and the mask head is untouched."""
-    _, gender, band = decode(np.arange(NUM_CLASSES))
-    out = probs.astype(np.float64).copy()
-    for head, index in (("gender", gender), ("age", band)):
+    out = probs.astype(np.float64).reshape(-1, 3, 2, 3)  # class = 6 * mask + 3 * gender + age band
+    for head, axes, shape in (("gender", (1, 3), (-1, 1, 2, 1)), ("age", (1, 2), (-1, 1, 1, 3))):
         q = expert[head]
-        size = q.shape[1]
-        have = ~np.isnan(q).any(1)
-        net = np.stack([out[:, index == j].sum(1) for j in range(size)], axis=1)
+        net = out.sum(axes)
         target = (1 - weight) * net + weight * np.nan_to_num(q)
-        ratio = np.where(have[:, None], target / np.maximum(net, 1e-12), 1.0)
-        out *= ratio[:, index]
+        ratio = np.where(np.isnan(q).any(1, keepdims=True), 1.0, target / np.maximum(net, 1e-12))
+        out = out * ratio.reshape(shape)
+    out = out.reshape(len(probs), NUM_CLASSES)
     return out / out.sum(1, keepdims=True)
 
 
@@ -89,11 +87,13 @@ def descriptor_settings(cfg):
     return CropSettings(min_confidence=cfg.crop_min_confidence, cache_dir=cfg.crop_cache, device=cfg.device)
 
 
-def fit_fold_expert(cfg, table: pd.DataFrame, k: int, path) -> None:
-    """Fits and saves fold k's expert on the rows its network trains on (not fold k; the near-edge drop applied)."""
+def fit_fold_expert(cfg, table: pd.DataFrame, k: int, path, descriptors: np.ndarray | None = None) -> None:
+    """Fits and saves fold k's expert on the rows its network trains on (not fold k; the near-edge drop applied);
+    `descriptors` of the table's rows, when the caller has them already."""
     from mcls.data.embeddings import face_descriptors
 
-    descriptors = face_descriptors(table["path"], descriptor_settings(cfg))
+    if descriptors is None:
+        descriptors = face_descriptors(table["path"], descriptor_settings(cfg))
     rows = (table["fold"] != k).to_numpy() & ~near_edge(table["age"], cfg.age_bounds, cfg.near_edge_drop)
     save_expert(path, fit_expert(descriptors[rows], table[rows]))
 
@@ -101,15 +101,17 @@ def fit_fold_expert(cfg, table: pd.DataFrame, k: int, path) -> None:
 def fit_run_experts(run, cfg=None) -> list[int]:
     """Fits the expert of every trained fold of `run` (a Run) on the data, relabels and folds of its config; returns
     the folds. For runs trained without face_weight: the prior can be tried on an existing run."""
+    from mcls.data.embeddings import face_descriptors
     from mcls.data.folds import assign_folds
     from mcls.data.table import load_train_table
 
     cfg = cfg or run.config
     table = load_train_table(cfg.data_dir, cfg.age_bounds, cfg.train_old_age, cfg.relabel_file or None)
     table["fold"] = assign_folds(table, cfg.n_folds, cfg.seed)
+    descriptors = face_descriptors(table["path"], descriptor_settings(cfg))
     folds = [f.k for f in run.folds]
     for k in folds:
-        fit_fold_expert(cfg, table, k, run.fold(k).face_expert)
+        fit_fold_expert(cfg, table, k, run.fold(k).face_expert, descriptors)
     log.info("face experts fitted for folds %s of %s", folds, run.path)
     return folds
 
