@@ -43,7 +43,9 @@ class Config:
     # --- model ---
     backbone: str = "tf_efficientnet_lite0"
     pretrained: str = "offline"  # offline | timm | none | path to a state_dict file
-    heads: str = "multi"  # multi (mask, gender, age) | single (18-way)
+    heads: str = "multi"  # multi (mask, gender, age) | single (18-way) | separate (one backbone per task)
+    mask_backbone: str = ""  # heads=separate: the mask task's backbone ("" = `backbone`)
+    mask_size: int = 0  # heads=separate: px the mask task's backbone sees (0 = img_size)
     img_size: int = 160
     drop_rate: float = 0.2
     age_head: str = "band"  # band (3-way) | dist (exact-age distribution, banded) | both (their average)
@@ -169,7 +171,12 @@ class Config:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             out.append(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         if self.heads == "single" and self.age_head != "band":
-            out.append(f"age_head={self.age_head!r} needs heads='multi'")
+            out.append(f"age_head={self.age_head!r} needs three heads (heads='multi' or 'separate')")
+        if self.heads != "separate" and (self.mask_backbone or self.mask_size):
+            out.append(f"mask_backbone={self.mask_backbone!r} / mask_size={self.mask_size} act only with "
+                       f"heads='separate' (heads={self.heads!r}); set heads=separate or leave them at '' / 0")
+        if self.mask_size < 0:
+            out.append(f"mask_size={self.mask_size} must be >= 0 (0 = img_size)")
         if not 0 <= self.ema_decay < 1 or not 0 <= self.mix_prob <= 1 or self.mix_alpha <= 0 or self.age_sigma <= 0:
             out.append(f"ema_decay={self.ema_decay} must be in [0, 1), mix_prob={self.mix_prob} in [0, 1], "
                        f"mix_alpha={self.mix_alpha} and age_sigma={self.age_sigma} positive")

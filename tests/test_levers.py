@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mcls.config import Config, ConfigError
+from mcls.labels import near_edge
 from mcls.metrics import epoch_choice_scores
 from mcls.train.mixing import FIXED_CUT, BatchMixer
-from mcls.labels import near_edge
 
 
 def test_near_edge_ages_are_those_just_below_each_edge():
@@ -71,6 +71,7 @@ def test_real_mask_scores_of_a_checkpoint(trained_run, tmp_path):
 
 def test_competition_preset_mirrors_the_winner_and_trains_at_tiny_size(tiny_cfg):
     from conftest import TINY
+
     from mcls.config import read_yaml_keys
     from mcls.runs.layout import Run
     from mcls.train.run import train
@@ -84,3 +85,52 @@ def test_competition_preset_mirrors_the_winner_and_trains_at_tiny_size(tiny_cfg)
     summary = train(cfg)
     assert 0 <= summary["ens_f1"] <= 1 and len(summary["ens_members"]) == 2
     assert Run(cfg.run_dir).member("member-seed7").fold(0).best.is_file()
+
+
+def test_separate_heads_give_each_task_its_own_backbone_and_mask_size():
+    from mcls.model.classifier import create_model
+
+    model = create_model("test_efficientnet", heads="separate", pretrained="none", mask_backbone="test_resnet",
+                         mask_size=32)
+    assert set(model.backbones) == {"mask", "gender", "age"} and not hasattr(model, "backbone")
+    assert type(model.backbone_for("mask")).__name__ == "ResNet" and model.backbone_for("age_dist") is model.backbones["age"]
+    # each backbone gets the normalisation its own weights were trained with
+    assert model.mask_mean.flatten().tolist() != model.mean.flatten().tolist()
+    seen = {}
+    model.backbones["mask"].register_forward_hook(lambda m, i, o: seen.update(hw=i[0].shape[-2:]))
+    out = model.eval()(torch.randint(0, 255, (2, 3, 48, 48), dtype=torch.uint8))
+    assert seen["hw"] == (32, 32) and {k: tuple(v.shape) for k, v in out.items()} == {
+        "mask": (2, 3), "gender": (2, 2), "age": (2, 3)}
+    # the gender head's gradient reaches only the gender backbone: the tasks share nothing
+    out = model.train()(torch.rand(2, 3, 48, 48))
+    out["gender"].sum().backward()
+    grads = {t: any(p.grad is not None and p.grad.abs().sum() > 0 for p in b.parameters())
+             for t, b in model.backbones.items()}
+    assert grads == {"mask": False, "gender": True, "age": False}
+    with pytest.raises(ValueError, match="one backbone per task"):
+        model.backbone_for("class")
+
+
+def test_mask_backbone_and_size_are_refused_without_separate_heads():
+    with pytest.raises(ConfigError, match="mask_size=96 act only with heads='separate'"):
+        Config().updated({"mask_size": 96})
+    assert Config().updated({"heads": "separate", "mask_size": 96, "mask_backbone": "test_resnet"}).mask_size == 96
+
+
+def test_a_per_task_run_trains_saves_and_serves_as_one_run(tiny_cfg):
+    from mcls.infer.predictor import predict_paths
+    from mcls.infer.serving import Serving
+    from mcls.model.checkpoint import load_checkpoint
+    from mcls.train.run import train
+
+    cfg = tiny_cfg.updated({"heads": "separate", "mask_size": 32, "age_head": "both"})
+    summary = train(cfg)
+    assert 0 <= summary["per_fold"]["0"]["f1"] <= 1
+    model, saved = load_checkpoint(f"{cfg.run_dir}/fold0/best.pt")
+    assert saved.heads == "separate" and saved.mask_size == 32 and "age_dist" in model.heads
+    from conftest import SAMPLE
+
+    from mcls.data.table import load_eval_table
+    paths = list(load_eval_table(SAMPLE)["path"][:4])
+    probs = predict_paths(paths, Serving.resolve(cfg.run_dir))[0]
+    assert probs.shape == (4, 18) and np.allclose(probs.sum(1), 1, atol=1e-4)

@@ -105,7 +105,8 @@ class HeadView(nn.Module):
         if head not in TARGETS:
             raise ValueError(f"unknown head {head!r}; valid: {TARGETS}")
         self.model, self.head = model, head
-        backbone = model.backbone
+        # a per-task model explains the 18 classes through no single layer: backbone_for refuses "class" there
+        backbone = model.backbone_for(head) if hasattr(model, "backbone_for") else model.backbone
         if target_layer is None:
             self.layer, self.layout = find_target_layer(backbone, input_size)
         else:

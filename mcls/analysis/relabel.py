@@ -20,7 +20,16 @@ import pandas as pd
 
 from mcls.data.table import DataError, decision_value, read_relabels
 from mcls.io import atomic_path
-from mcls.labels import FILE_MASK, GENDERS, MASK_STATES, NUM_CLASSES, PROB_COLUMNS, age_band, age_band_names, decode
+from mcls.labels import (
+    FILE_MASK,
+    GENDERS,
+    MASK_STATES,
+    NUM_CLASSES,
+    PROB_COLUMNS,
+    age_band,
+    age_band_names,
+    decode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,34 +71,59 @@ def load_oof(source: str | Path, table: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def probe_oof(table: pd.DataFrame, n_folds: int = 5, seed: int = 42, backbone: str = "tf_efficientnet_lite0",
-              size: int = 224, device: str = "auto", crop=None, batch_size: int = 64) -> np.ndarray:
-    """(N, 18) out-of-fold probabilities from a cheap model: frozen offline ImageNet features and one logistic
-    regression per head (mask, gender, age band), fitted per person-grouped fold and scoring only its held-out fold.
+PROBE_FEATURES = ("imagenet", "face", "auto")
 
+
+def probe_oof(table: pd.DataFrame, n_folds: int = 5, seed: int = 42, backbone: str = "tf_efficientnet_lite0",
+              size: int = 224, device: str = "auto", crop=None, batch_size: int = 64,
+              features: str = "auto", face_settings=None) -> np.ndarray:
+    """(N, 18) out-of-fold probabilities from a cheap model: frozen features and one logistic regression per head
+    (mask, gender, age band), fitted per person-grouped fold and scoring only its held-out fold.
+
+    features: "imagenet" (offline ImageNet backbone features for every head), "face" (the mask head on those,
+    gender and age on dlib's face descriptors, mcls.data.embeddings) or "auto" (face when dlib is installed).
+    `face_settings` (CropSettings) say where the descriptors' face boxes and cache are (default: `crop`'s).
     Minutes on a CPU for thousands of images, no training run needed. Unreadable images get NaN rows.
     """
-    import time
 
+    from mcls.data import embeddings
+    from mcls.data.faces import CropSettings
+
+    if features not in PROBE_FEATURES:
+        raise ValueError(f"probe features {features!r}: valid are {PROBE_FEATURES}")
+    if features == "auto":
+        features = "face" if embeddings.available() else "imagenet"
+    start = time.perf_counter()
+    x, bad = embed(table["path"], backbone, size, device, crop, batch_size)
+    by_head = {"mask": x, "gender": x, "age": x}
+    if features == "face":
+        desc = embeddings.face_descriptors(table["path"], face_settings or crop or CropSettings(device=device))
+        by_head.update(gender=desc, age=desc)
+        bad = np.union1d(bad, np.flatnonzero(np.abs(desc).sum(1) == 0))
+    log.info("probe: %d images, %s features in %.0f s; fitting %d folds x 3 heads", len(table), features,
+             time.perf_counter() - start, n_folds)
+    return probe_heads(table, by_head, n_folds, seed, bad)
+
+
+def probe_heads(table: pd.DataFrame, features: dict[str, np.ndarray], n_folds: int = 5, seed: int = 42,
+                bad=()) -> np.ndarray:
+    """probe_oof's fitting: one logistic regression per head on that head's (N, D) features, out of fold; rows in
+    `bad` (no features) come back NaN."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     from mcls.data.folds import assign_folds
 
-    start = time.perf_counter()
-    features, bad = embed(table["path"], backbone, size, device, crop, batch_size)
-    log.info("probe: %d images embedded by frozen %s in %.0f s; fitting %d folds x 3 heads", len(table), backbone,
-             time.perf_counter() - start, n_folds)
-    ok = np.setdiff1d(np.arange(len(table)), bad)
+    ok = np.setdiff1d(np.arange(len(table)), np.asarray(bad, dtype=int))
     t = table.iloc[ok].reset_index(drop=True)
-    x = features[ok]
     folds = assign_folds(t, n_folds, seed).to_numpy()
-    heads = {"mask": t["mask"].to_numpy(), "gender": t["gender"].to_numpy(), "age": t["age_band"].to_numpy()}
-    marginals = {h: np.zeros((len(t), 3 if h != "gender" else 2)) for h in heads}
+    targets = {"mask": t["mask"].to_numpy(), "gender": t["gender"].to_numpy(), "age": t["age_band"].to_numpy()}
+    marginals = {h: np.zeros((len(t), 3 if h != "gender" else 2)) for h in targets}
     for k in range(n_folds):
         val = folds == k
-        for h, y in heads.items():
+        for h, y in targets.items():
+            x = features[h][ok]
             # strong penalty: a person's 7 shots are near-duplicates, so a weak one overfits and turns overconfident
             # (on utkmask C=0.01 put 11 of 20 flipped genders in the top 20, C=0.3 only 5)
             model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
@@ -214,13 +248,15 @@ def run_finder(cfg, run: str | Path | None = None, out_dir: str | Path | None = 
     oof.csv (path, p0..p17) into out_dir when given. Returns (queue, table, probs)."""
     from mcls.data.faces import CropSettings
     from mcls.data.table import load_train_table
+    from mcls.infer.face_expert import descriptor_settings
     from mcls.io import write_csv
 
     table = load_train_table(cfg.data_dir, cfg.age_bounds, cfg.train_old_age, cfg.relabel_file or None)
     if run:
         probs = load_oof(run, table)
     else:
-        probs = probe_oof(table, cfg.n_folds, cfg.seed, device=cfg.device, crop=CropSettings.from_config(cfg))
+        probs = probe_oof(table, cfg.n_folds, cfg.seed, device=cfg.device, crop=CropSettings.from_config(cfg),
+                          face_settings=descriptor_settings(cfg))
     queue = find_suspects(table, probs, cfg.age_bounds, near_edge)
     if cfg.relabel_file:  # a label someone already decided on (even "keep") is not asked about again
         done = read_relabels(cfg.relabel_file)

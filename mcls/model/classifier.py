@@ -6,12 +6,19 @@ import warnings
 import numpy as np
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mcls.labels import HEAD_SIZES, NUM_CLASSES, age_band, decode
-from mcls.model.weights import REGISTRY, has_offline_weights, load_offline_weights, warn_no_offline_weights
+from mcls.model.weights import (
+    REGISTRY,
+    has_offline_weights,
+    load_offline_weights,
+    warn_no_offline_weights,
+)
 
-HEAD_TYPES = ("multi", "single")
+HEAD_TYPES = ("multi", "single", "separate")
+TASKS = ("mask", "gender", "age")
 AGE_HEADS = ("band", "dist", "both")
 AGE_BINS = 100  # one bin per year of age 0..98, the last for 99 and over
 
@@ -24,40 +31,78 @@ def age_bin_bands(age_bounds=(30, 60)) -> torch.Tensor:
 class MaskClassifier(nn.Module):
     """Takes images as uint8 or float in [0, 1], NCHW; returns a dict of logits per head.
 
-    heads="multi": {"mask": (N,3), "gender": (N,2), "age": (N,3)}; heads="single": {"class": (N,18)}.
-    With an exact-age head (age_head dist or both) the outputs add "age_dist" (N, AGE_BINS) logits over years
-    (and "age_band", the 3-way logits, for both); "age" is then the band log-probabilities they imply, so
-    everything downstream of the model sees three heads as usual.
+    heads="multi": {"mask": (N,3), "gender": (N,2), "age": (N,3)} from one backbone; heads="single":
+    {"class": (N,18)}; heads="separate": the multi outputs, each task from its own backbone (`backbones`, keyed
+    by task); the mask one may be another architecture and see the image at `mask_size` px, since mask state
+    needs far less detail than age. With an exact-age head (age_head dist or both) the outputs add "age_dist"
+    (N, AGE_BINS) logits over years (and "age_band", the 3-way logits, for both); "age" is then the band
+    log-probabilities they imply, so everything downstream of the model sees three heads as usual.
     """
 
-    def __init__(self, backbone: nn.Module, heads: str, mean, std, drop_rate: float = 0.0, age_head: str = "band",
-                 age_bounds=(30, 60)):
+    def __init__(self, backbone: nn.Module | dict[str, nn.Module], heads: str, mean, std, drop_rate: float = 0.0,
+                 age_head: str = "band", age_bounds=(30, 60), mask_size: int = 0, mask_norm=None):
         super().__init__()
         if heads not in HEAD_TYPES:
             raise ValueError(f"unknown heads {heads!r}; valid: {HEAD_TYPES}")
         if age_head not in AGE_HEADS or (heads == "single" and age_head != "band"):
-            raise ValueError(f"age_head {age_head!r} is not one of {AGE_HEADS} (an exact-age head needs heads=multi)")
-        self.backbone, self.head_type, self.age_head = backbone, heads, age_head
+            raise ValueError(f"age_head {age_head!r} is not one of {AGE_HEADS} (an exact-age head needs three heads)")
+        if (heads == "separate") != isinstance(backbone, dict):
+            raise ValueError("heads='separate' takes one backbone per task (a dict keyed by task); the others take one")
+        self.head_type, self.age_head, self.mask_size = heads, age_head, mask_size
+        if heads == "separate":
+            self.backbones = nn.ModuleDict(backbone)
+        else:
+            self.backbone = backbone
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        width = backbone.num_features
-        sizes = dict(HEAD_SIZES) if heads == "multi" else {"class": NUM_CLASSES}
+        if heads == "separate":  # the mask backbone may have been trained with another normalisation
+            m, sd = mask_norm or (mean, std)
+            self.register_buffer("mask_mean", torch.tensor(m, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("mask_std", torch.tensor(sd, dtype=torch.float32).view(1, 3, 1, 1))
+        sizes = dict(HEAD_SIZES) if heads != "single" else {"class": NUM_CLASSES}
         if age_head != "band":
             sizes["age_dist"] = AGE_BINS
             if age_head == "dist":
                 del sizes["age"]
         self.dropout = nn.Dropout(drop_rate)
-        self.heads = nn.ModuleDict({k: nn.Linear(width, n) for k, n in sizes.items()})
+        self.heads = nn.ModuleDict({k: nn.Linear(self.backbone_for(k).num_features, n) for k, n in sizes.items()})
         # derived from the config stored beside the weights, so not part of the state dict
         self.register_buffer("bin_band", age_bin_bands(age_bounds), persistent=False)
 
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+    def backbone_for(self, head: str) -> nn.Module:
+        """The backbone whose features a head reads ("age_dist" reads the age task's)."""
+        if self.head_type != "separate":
+            return self.backbone
+        task = "age" if head.startswith("age") else head
+        if task not in self.backbones:
+            raise ValueError(f"a per-task model (heads='separate') has one backbone per task {TASKS}, "
+                             f"none for {head!r}: pick one of those heads")
+        return self.backbones[task]
+
+    def normalise(self, x: torch.Tensor, task: str = "") -> torch.Tensor:
         x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+        if task == "mask" and self.head_type == "separate":
+            return (x - self.mask_mean) / self.mask_std
         return (x - self.mean) / self.std
 
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pooled features per task ("all" for a shared backbone)."""
+        if self.head_type != "separate":
+            return {"all": self.dropout(self.backbone(self.normalise(x)))}
+        out = {}
+        for task, net in self.backbones.items():
+            xt = self.normalise(x, task)
+            if task == "mask" and self.mask_size and self.mask_size != x.shape[-1]:
+                xt = F.interpolate(xt, size=(self.mask_size, self.mask_size), mode="bilinear", antialias=True,
+                                   align_corners=False)
+            out[task] = self.dropout(net(xt))
+        return out
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.dropout(self.backbone(self.normalise(x)))
-        out = {k: head(features) for k, head in self.heads.items()}
+        feats = self.features(x)
+        shared = feats.get("all")
+        out = {k: head(shared if shared is not None else feats["age" if k.startswith("age") else k])
+               for k, head in self.heads.items()}
         if self.age_head != "band":
             p_bin = out["age_dist"].float().softmax(-1)
             p_band = torch.zeros(len(p_bin), 3, device=p_bin.device).index_add_(1, self.bin_band, p_bin)
@@ -86,9 +131,8 @@ def head_probs(class_probs: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"mask": p.sum((2, 3)), "gender": p.sum((1, 3)), "age": p.sum((1, 2))}
 
 
-def create_model(backbone: str = "tf_efficientnet_lite0", heads: str = "multi", pretrained: str = "offline",
-                 drop_rate: float = 0.2, age_head: str = "band", age_bounds=(30, 60)) -> MaskClassifier:
-    """Builds a MaskClassifier; `pretrained` is offline | timm | none | a path to a state_dict of the backbone."""
+def _timm_backbone(backbone: str, pretrained: str) -> tuple[nn.Module, tuple, tuple]:
+    """A pooled-feature timm network with `pretrained` weights and the input mean/std those weights expect."""
     if backbone not in timm.list_models():
         close = timm.list_models(f"*{backbone[:6]}*")[:10]
         raise ValueError(f"unknown backbone {backbone!r}; similar timm names: {close}")
@@ -113,13 +157,31 @@ def create_model(backbone: str = "tf_efficientnet_lite0", heads: str = "multi", 
             raise ValueError(f"{mode}: weights do not fit backbone {backbone!r}: {missing[:3]}")
         if unexpected:
             warnings.warn(f"{mode}: ignored keys not in {backbone}: {unexpected[:5]}", stacklevel=2)
-    return MaskClassifier(net, heads, mean, std, drop_rate, age_head, age_bounds)
+    return net, tuple(mean), tuple(std)
+
+
+def create_model(backbone: str = "tf_efficientnet_lite0", heads: str = "multi", pretrained: str = "offline",
+                 drop_rate: float = 0.2, age_head: str = "band", age_bounds=(30, 60), mask_backbone: str = "",
+                 mask_size: int = 0) -> MaskClassifier:
+    """Builds a MaskClassifier; `pretrained` is offline | timm | none | a path to a state_dict of the backbone.
+
+    heads="separate" builds one backbone per task; the mask task's is `mask_backbone` ("" = the same
+    architecture) at `mask_size` px (0 = the input's size).
+    """
+    if heads != "separate":
+        net, mean, std = _timm_backbone(backbone, pretrained)
+        return MaskClassifier(net, heads, mean, std, drop_rate, age_head, age_bounds)
+    nets, norms = {}, {}
+    for task in TASKS:
+        name = mask_backbone if task == "mask" and mask_backbone else backbone
+        nets[task], *norms[task] = _timm_backbone(name, pretrained)
+    return MaskClassifier(nets, heads, *norms["age"], drop_rate, age_head, age_bounds, mask_size, norms["mask"])
 
 
 def model_from_config(cfg, pretrained: str | None = None) -> MaskClassifier:
     """The model a config describes; `pretrained` overrides cfg.pretrained (checkpoints load their own weights)."""
     return create_model(cfg.backbone, cfg.heads, cfg.pretrained if pretrained is None else pretrained,
-                        cfg.drop_rate, cfg.age_head, tuple(cfg.age_bounds))
+                        cfg.drop_rate, cfg.age_head, tuple(cfg.age_bounds), cfg.mask_backbone, cfg.mask_size)
 
 
 def offline_backbones() -> list[str]:

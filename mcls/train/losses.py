@@ -93,7 +93,7 @@ def create_loss(name: str, class_weights: torch.Tensor | None = None, label_smoo
 
 
 class TaskLoss(torch.nn.Module):
-    """Weighted sum of per-head losses (multi-head) or one loss over the 18 training classes (single head).
+    """Weighted sum of per-head losses (three heads, shared or separate backbones) or one loss over the 18 training classes (single head).
 
     Targets columns: mask, gender, age_band_train, label, age (see dataset.TARGET_COLUMNS). An exact-age head
     learns the age distribution; with age_head=both the 3-way band head trains beside it at the same weight.
@@ -101,7 +101,7 @@ class TaskLoss(torch.nn.Module):
 
     def __init__(self, cfg: Config, train_targets: np.ndarray):
         super().__init__()
-        self.multi = cfg.heads == "multi"
+        self.multi = cfg.heads != "single"
         self.age_head = cfg.age_head
         weighted = cfg.loss in ("weighted_ce", "focal")
 

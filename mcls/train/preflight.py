@@ -14,6 +14,8 @@ def reference_problems(cfg: Config) -> list[str]:
     problems += _run_dir_problems(cfg.run_dir)
     problems += _device_problems(cfg.device)
     problems += _backbone_problems(cfg.backbone)
+    if cfg.mask_backbone:
+        problems += _backbone_problems(cfg.mask_backbone, key="mask_backbone")
     problems += _pretrained_problems(cfg.pretrained)
     if cfg.relabel_file:
         problems += _relabel_problems(cfg)
@@ -52,13 +54,13 @@ def _device_problems(device: str) -> list[str]:
     return []
 
 
-def _backbone_problems(backbone: str) -> list[str]:
+def _backbone_problems(backbone: str, key: str = "backbone") -> list[str]:
     import timm
 
     if backbone in timm.list_models():
         return []
     close = timm.list_models(f"*{backbone[:6]}*")[:8]
-    return [f"backbone={backbone!r} is not a timm model name" + (f"; similar: {close}" if close else "")]
+    return [f"{key}={backbone!r} is not a timm model name" + (f"; similar: {close}" if close else "")]
 
 
 def _pretrained_problems(pretrained: str) -> list[str]:
