@@ -106,6 +106,10 @@ ON_DEFAULT = {
     "default+near-edge3": dict(near_edge_drop=3),  # the winner's trick: no 27-29 or 57-59 year-olds in training
     "default+vcutmix-fixed": dict(mix="vcutmix_fixed"),  # the winner's left/right cut at 46-54% of the width
     "default+robust-aug": dict(augment="robust"),  # real photos' mask state: recoloured masks, chin cuts, low light
+    # the winner's per-task models: one backbone per task, the mask task's at 96 px (mask state needs little detail)
+    "default+separate": dict(heads="separate", mask_size=96),
+    # the face probe's gender suspects reviewed by eye (3 of 8 flipped); scored on the labels as given, like eval
+    "default+relabel": dict(relabel_file="data/relabel/utkmask-gender.csv"),
 }
 
 # Averages of variants' validation probabilities (every variant splits its folds with seed 42, so fold k is the same
@@ -171,7 +175,8 @@ NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "num_wo
               "tta", "person_consistent", "calibrate_age", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke")
 # Keys added to Config after folds were run, at the value that reproduces the old training: left out of the hash
 # at that value, so finished folds stay valid.
-NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none", "train_seed": -1, "members": []}
+NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none", "train_seed": -1, "members": [], "mask_backbone": "",
+           "mask_size": 0}
 
 
 def config_hash(cfg: Config) -> str:
@@ -190,7 +195,7 @@ class DataCache:
         self.cache = {}
 
     def get(self, cfg: Config):
-        key = (cfg.data_dir, cfg.img_size, cfg.crop, cfg.train_old_age, tuple(cfg.age_bounds))
+        key = (cfg.data_dir, cfg.img_size, cfg.crop, cfg.train_old_age, tuple(cfg.age_bounds), cfg.relabel_file)
         if key not in self.cache:
             self.cache = {key: load_training_data(cfg)}  # keep one: utkmask at 160 px is 0.5 GB
         return self.cache[key]

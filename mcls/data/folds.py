@@ -7,10 +7,13 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from mcls.data.table import as_given
+
 
 def assign_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.Series:
-    """Fold number per image row, grouped by `person` and stratified on gender x age band."""
-    persons = table.drop_duplicates("person")
+    """Fold number per image row, grouped by `person` and stratified on gender x age band as the data gives them:
+    relabel decisions never move a person to another fold, so runs with and without them split alike."""
+    persons = as_given(table.drop_duplicates("person"))
     if n_folds > len(persons):
         raise ValueError(f"n_folds={n_folds} is more than the {len(persons)} persons in the data: each fold needs "
                          "its own persons; use fewer folds (5 is usual)")

@@ -97,7 +97,8 @@ def load_train_table(data_dir: str | Path, age_bounds=(30, 60), train_old_age: i
     """One row per training image: person, path, stem, mask, gender, age, race, age_band, label, age_band_train.
 
     `age_band` and `label` use `age_bounds` and are what validation scores against; `age_band_train` moves only
-    the oldest band's edge to `train_old_age` and is used solely as a training target.
+    the oldest band's edge to `train_old_age` and is used solely as a training target. With a `relabel_file`
+    the labels are the decided ones and the data's own are kept beside them as given_<column> (see `as_given`).
     """
     data_dir = Path(data_dir)
     persons = read_persons(data_dir)
@@ -126,7 +127,22 @@ def load_train_table(data_dir: str | Path, age_bounds=(30, 60), train_old_age: i
     df["label"] = encode(df["mask"], df["gender"], df["age_band"])
     old = train_old_age if train_old_age is not None else age_bounds[1]
     df["age_band_train"] = age_band(df["age"], (age_bounds[0], old))
+    if relabel_file:
+        given = load_train_table(data_dir, age_bounds, train_old_age)
+        for col in LABEL_COLUMNS:
+            df[f"given_{col}"] = given[col].to_numpy()  # same persons and files in the same order
     return df
+
+
+LABEL_COLUMNS = ("mask", "gender", "age", "age_band", "label", "age_band_train")
+
+
+def as_given(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows with the labels the data's files give, before relabel decisions: what validation scores, since
+    the eval answers it stands for are never relabelled (a score on decided labels would flatter the decisions)."""
+    if "given_label" not in df:
+        return df
+    return df.assign(**{col: df[f"given_{col}"] for col in LABEL_COLUMNS})
 
 
 def load_eval_table(data_dir: str | Path) -> pd.DataFrame:

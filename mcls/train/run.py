@@ -10,7 +10,7 @@ from mcls.config import Config
 from mcls.data.cache import cached_images
 from mcls.data.faces import CropSettings
 from mcls.data.folds import assign_folds
-from mcls.data.table import data_fingerprint, load_train_table
+from mcls.data.table import as_given, data_fingerprint, load_train_table
 from mcls.infer.calibration import calibrate_run
 from mcls.infer.serving import Serving
 from mcls.io import write_json
@@ -141,7 +141,8 @@ def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out: 
         from mcls.train.pseudo import pseudo_labelled
 
         extra = pseudo_labelled(cfg, k, images[is_val])
-    result = fit(cfg, table[train_rows].reset_index(drop=True), table[is_val].reset_index(drop=True),
+    # relabel decisions move training targets only; validation scores the labels as given (as_given)
+    result = fit(cfg, table[train_rows].reset_index(drop=True), as_given(table[is_val]).reset_index(drop=True),
                  images[train_rows], images[is_val], out, resume=resume, extra=extra, on_epoch=on_epoch)
     return {**result, "n_pseudo": 0 if extra is None else len(extra[0])}
 
