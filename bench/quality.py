@@ -144,7 +144,10 @@ RECIPE = [("plain,default", "all"),
           ("default+age-dist", "0"),  # a candidate default; stopped after fold 0 (below the default there)
           # the remaining switches, one fold each: losses, heads, weights, mixing, augmentation, edges, size
           ("focal,label-smoothing,weighted-ce,f1-loss,single-head,scratch,cutmix,mixup,age-weight2,old59,strong-aug",
-           "0")]  # 160px and lite2 are defined but not screened yet (time)
+           "0"),  # 160px and lite2 are defined but not screened yet (time)
+          # the issue-22 levers on the current default (2026-12-01; run with --face-prior for the +face rows)
+          ("default+near-edge3,default+vcutmix-fixed", "0,1"),
+          ("default+robust-aug,default+separate,default+relabel", "0")]
 
 
 def variant_config(name: str, data_dir: str, runs: Path) -> Config:
