@@ -78,7 +78,7 @@ def test_competition_preset_mirrors_the_winner_and_trains_at_tiny_size(tiny_cfg)
 
     _, keys = read_yaml_keys("competition")
     assert keys["backbone"] == "tf_efficientnet_b4" and keys["img_size"] == 380 and keys["loss"] == "f1"
-    assert keys["train_old_age"] == 59 and keys["near_edge_drop"] == 3 and keys["mix"] == "vcutmix_fixed"
+    assert keys["heads"] == "separate" and keys["train_old_age"] == 59 and keys["near_edge_drop"] == 3 and keys["mix"] == "vcutmix_fixed"
     # the same recipe smoke-tested on CPU: the tiny backbone and size, everything else as the preset says
     cfg = Config().updated({**keys, **TINY, "data_dir": tiny_cfg.data_dir, "run_dir": tiny_cfg.run_dir, "epochs": 1})
     assert cfg.loss == "f1" and cfg.mix == "vcutmix_fixed" and cfg.members == ["member-seed7"]
