@@ -32,7 +32,7 @@ from torch import nn
 from mcls.analysis.plots import image_grid
 from mcls.io import write_json
 from mcls.labels import GENDERS, HEAD_SIZES, HEADS, MASK_STATES, NUM_CLASSES, age_band_names, decode
-from mcls.model.classifier import class_log_probs
+from mcls.model.classifier import class_log_probs, head_probs
 from mcls.runs.layout import Run
 
 METHODS = {
@@ -106,7 +106,7 @@ class HeadView(nn.Module):
             raise ValueError(f"unknown head {head!r}; valid: {TARGETS}")
         self.model, self.head = model, head
         # a per-task model explains the 18 classes through no single layer: backbone_for refuses "class" there
-        backbone = model.backbone_for(head) if hasattr(model, "backbone_for") else model.backbone
+        backbone = model.backbone_for(head)
         if target_layer is None:
             self.layer, self.layout = find_target_layer(backbone, input_size)
         else:
@@ -245,8 +245,7 @@ def validation_table(run_dir: str | Path, data_dir: str | Path | None = None) ->
     table["pred"] = probs.argmax(1)
     if data_dir is not None:
         table["path"] = [str(Path(data_dir, "train", "images", *Path(p).parts[-2:])) for p in table["path"]]
-    marginals = {"mask": probs.reshape(-1, 3, 2, 3).sum((2, 3)), "gender": probs.reshape(-1, 3, 2, 3).sum((1, 3)),
-                 "age": probs.reshape(-1, 3, 2, 3).sum((1, 2))}
+    marginals = {h: m.numpy() for h, m in head_probs(torch.as_tensor(probs)).items()}
     for i, head in enumerate(HEADS):
         table[f"{head}_true"], table[f"{head}_pred"] = decode(table["label"])[i], decode(table["pred"])[i]
         # how sure the model was of the head's answer: the most confident mistakes are the ones to look at first

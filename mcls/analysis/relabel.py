@@ -85,7 +85,6 @@ def probe_oof(table: pd.DataFrame, n_folds: int = 5, seed: int = 42, backbone: s
     `face_settings` (CropSettings) say where the descriptors' face boxes and cache are (default: `crop`'s).
     Minutes on a CPU for thousands of images, no training run needed. Unreadable images get NaN rows.
     """
-
     from mcls.data import embeddings
     from mcls.data.faces import CropSettings
 

@@ -101,9 +101,9 @@ def load_train_table(data_dir: str | Path, age_bounds=(30, 60), train_old_age: i
     the labels are the decided ones and the data's own are kept beside them as given_<column> (see `as_given`).
     """
     data_dir = Path(data_dir)
-    persons = read_persons(data_dir)
+    persons = given = read_persons(data_dir)
     if relabel_file:
-        persons = apply_relabels(persons, read_relabels(relabel_file))
+        persons = apply_relabels(given, read_relabels(relabel_file))
     swapped = set(persons.loc[persons["swap_normal_incorrect"], "id"]) if "swap_normal_incorrect" in persons else set()
     image_root = data_dir / "train" / "images"
     rows, problems, mixed = [], [], []
@@ -123,15 +123,23 @@ def load_train_table(data_dir: str | Path, age_bounds=(30, 60), train_old_age: i
         # Readable as they are, but usually a sign of files copied in from elsewhere: say so, do not stop.
         warnings.warn(f"{image_root}: {len(mixed)} person folder(s) mix file extensions: {mixed[:10]}", stacklevel=2)
     df = pd.DataFrame(rows, columns=["person", "path", "stem", "mask", "gender", "age", "race"])
-    df["age_band"] = age_band(df["age"], age_bounds)
-    df["label"] = encode(df["mask"], df["gender"], df["age_band"])
     old = train_old_age if train_old_age is not None else age_bounds[1]
-    df["age_band_train"] = age_band(df["age"], (age_bounds[0], old))
-    if relabel_file:
-        given = load_train_table(data_dir, age_bounds, train_old_age)
-        for col in LABEL_COLUMNS:
-            df[f"given_{col}"] = given[col].to_numpy()  # same persons and files in the same order
+    _add_bands(df, "", age_bounds, old)
+    if relabel_file:  # the data's own labels, from train.csv and the file names alone
+        own = given.set_index("id").loc[df["person"]]
+        df["given_mask"] = df["stem"].map(FILE_MASK).to_numpy()
+        df["given_gender"] = own["gender"].map(GENDERS.index).to_numpy()
+        df["given_age"] = own["age"].to_numpy()
+        _add_bands(df, "given_", age_bounds, old)
     return df
+
+
+def _add_bands(df: pd.DataFrame, prefix: str, age_bounds, train_old_age: int) -> None:
+    """<prefix>age_band, label and age_band_train from <prefix>mask, gender and age."""
+    age = df[f"{prefix}age"]
+    df[f"{prefix}age_band"] = age_band(age, age_bounds)
+    df[f"{prefix}label"] = encode(df[f"{prefix}mask"], df[f"{prefix}gender"], df[f"{prefix}age_band"])
+    df[f"{prefix}age_band_train"] = age_band(age, (age_bounds[0], train_old_age))
 
 
 LABEL_COLUMNS = ("mask", "gender", "age", "age_band", "label", "age_band_train")

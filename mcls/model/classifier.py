@@ -69,11 +69,17 @@ class MaskClassifier(nn.Module):
         # derived from the config stored beside the weights, so not part of the state dict
         self.register_buffer("bin_band", age_bin_bands(age_bounds), persistent=False)
 
-    def backbone_for(self, head: str) -> nn.Module:
-        """The backbone whose features a head reads ("age_dist" reads the age task's)."""
+    def task_of(self, head: str) -> str:
+        """Which features a head reads: "all" from a shared backbone, else its task's ("age_dist" reads "age")."""
         if self.head_type != "separate":
+            return "all"
+        return "age" if head.startswith("age") else head
+
+    def backbone_for(self, head: str) -> nn.Module:
+        """The backbone whose features a head reads."""
+        task = self.task_of(head)
+        if task == "all":
             return self.backbone
-        task = "age" if head.startswith("age") else head
         if task not in self.backbones:
             raise ValueError(f"a per-task model (heads='separate') has one backbone per task {TASKS}, "
                              f"none for {head!r}: pick one of those heads")
@@ -100,9 +106,7 @@ class MaskClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.features(x)
-        shared = feats.get("all")
-        out = {k: head(shared if shared is not None else feats["age" if k.startswith("age") else k])
-               for k, head in self.heads.items()}
+        out = {k: head(feats[self.task_of(k)]) for k, head in self.heads.items()}
         if self.age_head != "band":
             p_bin = out["age_dist"].float().softmax(-1)
             p_band = torch.zeros(len(p_bin), 3, device=p_bin.device).index_add_(1, self.bin_band, p_bin)
