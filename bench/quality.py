@@ -108,6 +108,9 @@ ON_DEFAULT = {
     "default+robust-aug": dict(augment="robust"),  # real photos' mask state: recoloured masks, chin cuts, low light
     # the winner's per-task models: one backbone per task, the mask task's at 96 px (mask state needs little detail)
     "default+separate": dict(heads="separate", mask_size=96),
+    # per-task models whose mask task alone trains on the left/right cut (vcutmix_fixed lifted real-photo mask F1 but
+    # cost age and gender on a shared backbone): the real-photo mask target without the age price
+    "default+separate-maskmix": dict(heads="separate", mask_size=96, mix="vcutmix_fixed", mix_tasks="mask"),
     # the face probe's gender suspects reviewed by eye (3 of 8 flipped); scored on the labels as given, like eval
     "default+relabel": dict(relabel_file="data/relabel/utkmask-gender.csv"),
 }
@@ -179,7 +182,7 @@ NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "num_wo
 # Keys added to Config after folds were run, at the value that reproduces the old training: left out of the hash
 # at that value, so finished folds stay valid.
 NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none", "train_seed": -1, "members": [], "mask_backbone": "",
-           "mask_size": 0}
+           "mask_size": 0, "mix_tasks": "all"}
 
 
 def config_hash(cfg: Config) -> str:

@@ -37,6 +37,42 @@ def test_fixed_cut_vcutmix_cuts_between_46_and_54_percent():
         assert torch.equal(mixed[..., :cut], x[..., :cut]) and torch.equal(mixed[..., cut:], x[perm][..., cut:])
 
 
+def test_mask_only_mixing_feeds_the_mixed_batch_to_the_mask_backbone_alone():
+    from mcls.model.classifier import create_model
+    from mcls.train.losses import TaskLoss
+
+    x = torch.randint(0, 255, (6, 3, 48, 48), dtype=torch.uint8)
+    y = torch.tensor([[i % 3, i % 2, i % 3, 0, 20 + i] for i in range(6)])
+    torch.manual_seed(0)
+    mixed_all = BatchMixer("vcutmix_fixed", prob=1.0, seed=1).batch(x, y)
+    x_in, task_inputs, y_other, lam = BatchMixer("vcutmix_fixed", prob=1.0, seed=1, tasks="mask").batch(x, y)
+    # the clean batch goes in; the mask task gets the very batch a shared model would see
+    assert torch.equal(x_in, x) and torch.equal(task_inputs["mask"], mixed_all[0]) and lam == mixed_all[3]
+    # the partner differs in the mask column only, so gender's and age's two loss terms add up to the plain loss
+    assert torch.equal(y_other[:, 1:], y[:, 1:]) and torch.equal(y_other[:, 0], mixed_all[2][:, 0])
+
+    model = create_model("test_efficientnet", heads="separate", pretrained="none").eval()
+    seen = {}
+    for task, net in model.backbones.items():
+        net.register_forward_hook(lambda m, i, o, task=task: seen.update({task: i[0]}))
+    out = model(x_in, task_inputs)
+    assert torch.equal(seen["mask"], model.normalise(task_inputs["mask"], "mask"))
+    assert torch.equal(seen["age"], model.normalise(x, "age")) and torch.equal(seen["gender"], seen["age"])
+    loss_fn = TaskLoss(Config().updated({"heads": "separate"}), y.numpy())
+    mixed_loss = lam * loss_fn(out, y) + (1 - lam) * loss_fn(out, y_other)
+    ce = torch.nn.functional.cross_entropy
+    expected = (lam * ce(out["mask"], y[:, 0]) + (1 - lam) * ce(out["mask"], y_other[:, 0])
+                + ce(out["gender"], y[:, 1]) + ce(out["age"], y[:, 2]))
+    assert mixed_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+    with pytest.raises(ValueError, match="need a per-task model"):
+        create_model("test_efficientnet", pretrained="none")(x, task_inputs)
+    with pytest.raises(ConfigError, match="mix_tasks='mask' needs heads='separate' and a mix"):
+        Config().updated({"mix_tasks": "mask", "mix": "vcutmix_fixed"})
+    with pytest.raises(ConfigError, match="mix_tasks"):
+        Config().updated({"heads": "separate", "mix": "vcutmix", "mix_tasks": "gender"})
+
+
 def test_an_epoch_chosen_on_the_other_folds_is_scored_honestly():
     # fold 0 peaks at epoch 2 by luck; the other folds agree that epoch 3 is best
     histories = {0: pd.DataFrame({"epoch": [1, 2, 3], "f1": [0.5, 0.9, 0.7]}),
@@ -123,11 +159,13 @@ def test_a_per_task_run_trains_saves_and_serves_as_one_run(tiny_cfg):
     from mcls.model.checkpoint import load_checkpoint
     from mcls.train.run import train
 
-    cfg = tiny_cfg.updated({"heads": "separate", "mask_size": 32, "age_head": "both"})
+    cfg = tiny_cfg.updated({"heads": "separate", "mask_size": 32, "age_head": "both", "mix": "vcutmix_fixed",
+                            "mix_prob": 1.0, "mix_tasks": "mask"})
     summary = train(cfg)
     assert 0 <= summary["per_fold"]["0"]["f1"] <= 1
     model, saved = load_checkpoint(f"{cfg.run_dir}/fold0/best.pt")
     assert saved.heads == "separate" and saved.mask_size == 32 and "age_dist" in model.heads
+    assert saved.mix_tasks == "mask"
     from conftest import SAMPLE
 
     from mcls.data.table import load_eval_table

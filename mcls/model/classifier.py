@@ -91,21 +91,24 @@ class MaskClassifier(nn.Module):
             return (x - self.mask_mean) / self.mask_std
         return (x - self.mean) / self.std
 
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pooled features per task ("all" for a shared backbone)."""
+    def features(self, x: torch.Tensor, task_inputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Pooled features per task ("all" for a shared backbone); `task_inputs` gives a task its own batch in
+        place of x (training mixes the mask task's images only, train.mixing)."""
         if self.head_type != "separate":
+            if task_inputs:
+                raise ValueError(f"per-task inputs {sorted(task_inputs)} need a per-task model (heads='separate')")
             return {"all": self.dropout(self.backbone(self.normalise(x)))}
         out = {}
         for task, net in self.backbones.items():
-            xt = self.normalise(x, task)
-            if task == "mask" and self.mask_size and self.mask_size != x.shape[-1]:
+            xt = self.normalise((task_inputs or {}).get(task, x), task)
+            if task == "mask" and self.mask_size and self.mask_size != xt.shape[-1]:
                 xt = F.interpolate(xt, size=(self.mask_size, self.mask_size), mode="bilinear", antialias=True,
                                    align_corners=False)
             out[task] = self.dropout(net(xt))
         return out
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.features(x)
+    def forward(self, x: torch.Tensor, task_inputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        feats = self.features(x, task_inputs)
         out = {k: head(feats[self.task_of(k)]) for k, head in self.heads.items()}
         if self.age_head != "band":
             p_bin = out["age_dist"].float().softmax(-1)

@@ -42,12 +42,12 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt: Runtime, d
     total, count, start = 0.0, 0, time.perf_counter()
     for x, y, _ in progress(loader, desc=desc):
         x, y = rt.to_input(x), y.to(rt.device, non_blocking=True)
-        x, perm, lam = mixer(x) if mixer is not None else (x, None, 1.0)
+        x, task_inputs, y_other, lam = mixer.batch(x, y) if mixer is not None else (x, None, None, 1.0)
         with rt.autocast():
-            out = model(x)
+            out = model(x, task_inputs) if task_inputs else model(x)
             loss = loss_fn(out, y)
-            if perm is not None:
-                loss = lam * loss + (1 - lam) * loss_fn(out, y[perm])
+            if y_other is not None:
+                loss = lam * loss + (1 - lam) * loss_fn(out, y_other)
         optimizer.zero_grad(set_to_none=True)
         rt.scaler.scale(loss).backward()
         rt.scaler.step(optimizer)
@@ -117,7 +117,7 @@ def build(cfg: Config, rt: Runtime, train_df: pd.DataFrame, train_images: np.nda
     steps_per_epoch = math.ceil(len(epoch_rows(targets, persons, cfg.wear_per_person, 0)) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
-    mixer = BatchMixer(cfg.mix, cfg.mix_prob, cfg.mix_alpha) if cfg.mix != "none" else None
+    mixer = BatchMixer(cfg.mix, cfg.mix_prob, cfg.mix_alpha, tasks=cfg.mix_tasks) if cfg.mix != "none" else None
     train_ds = ImageArrayDataset(train_images, targets, create_train_transform(cfg.augment))
     sampler = distributed.GlobalBatchSampler(cfg.batch_size)
     # one loader per fold: its workers persist across epochs, the sampler hands them each epoch's order and seed

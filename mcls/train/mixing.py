@@ -1,7 +1,10 @@
 """Batch mixing for training: vertical CutMix (left part of one face, right part of another; at a Beta-drawn cut or,
 vcutmix_fixed, at 46-54% of the width), CutMix, Mixup.
 
-A mixed batch is scored as lam * loss(y) + (1 - lam) * loss(y[perm]), so every loss and head works unchanged.
+A mixed batch is scored as lam * loss(y) + (1 - lam) * loss(y_other), so every loss and head works unchanged.
+With tasks="mask" (per-task models only) the mask task's backbone alone sees the mixed batch: a face cut from two
+people still shows each side's mask, but its age and gender are no one's, so those tasks train on the clean batch
+and y_other differs from y in the mask column only (their two loss terms then add up to the plain loss).
 """
 from __future__ import annotations
 
@@ -11,19 +14,35 @@ import torch
 MIXES = ("none", "vcutmix", "vcutmix_fixed", "cutmix", "mixup")
 # vcutmix_fixed: the documented winner's left/right cut, always near the middle of the face
 FIXED_CUT = (0.46, 0.54)
+MIX_TASKS = ("all", "mask")
+MASK_COLUMN = 0  # data.dataset.TARGET_COLUMNS[0]
 
 
 class BatchMixer:
     """Mixes a share `prob` of batches; draws come from its own seeded generator, so runs and resumes repeat."""
 
-    def __init__(self, kind: str = "none", prob: float = 0.5, alpha: float = 1.0, seed: int = 0):
+    def __init__(self, kind: str = "none", prob: float = 0.5, alpha: float = 1.0, seed: int = 0, tasks: str = "all"):
         if kind not in MIXES:
             raise ValueError(f"unknown mix {kind!r}; valid: {MIXES}")
-        self.kind, self.prob, self.alpha = kind, prob, alpha
+        if tasks not in MIX_TASKS:
+            raise ValueError(f"unknown mix_tasks {tasks!r}; valid: {MIX_TASKS}")
+        self.kind, self.prob, self.alpha, self.tasks = kind, prob, alpha, tasks
         self.rng = np.random.default_rng(seed)
 
     def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor):
+        """(model input, per-task inputs or None, partner targets or None, lam) for one training batch; the model is
+        called as model(x, task_inputs) and scored lam * loss(out, y) + (1 - lam) * loss(out, y_other)."""
+        mixed, perm, lam = self(x)
+        if perm is None:
+            return x, None, None, 1.0
+        if self.tasks == "all":
+            return mixed, None, y[perm], lam
+        y_other = y.clone()
+        y_other[:, MASK_COLUMN] = y[perm, MASK_COLUMN]
+        return x, {"mask": mixed}, y_other, lam
 
     def __call__(self, x: torch.Tensor):
         """Returns (mixed x, perm, lam), or (x, None, 1.0) when this batch is not mixed; lam is the share of x."""
