@@ -123,6 +123,12 @@ def test_member_presets_are_the_variants_the_benchmark_measured(quality, tmp_pat
     assert all(m.seed == quality_cfg.seed for _, m in member_configs(quality_cfg))
 
 
+def test_the_per_task_preset_is_the_variant_the_benchmark_measured(quality, tmp_path):
+    cfg = load_config("per-task", [f"run_dir={tmp_path / 'p'}"])
+    measured = quality.variant_config("default+separate-maskmix", cfg.data_dir, tmp_path)
+    assert quality.config_hash(cfg) == quality.config_hash(measured)
+
+
 def test_ensemble_selection_adds_a_helpful_model_and_stops_before_a_harmful_one(quality, tmp_path):
     from mcls.runs.layout import FLIP_COLUMNS
 
