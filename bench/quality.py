@@ -150,7 +150,8 @@ RECIPE = [("plain,default", "all"),
            "0"),  # 160px and lite2 are defined but not screened yet (time)
           # the issue-22 levers on the current default (2026-12-01; run with --face-prior for the +face rows)
           ("default+near-edge3,default+vcutmix-fixed,default+relabel", "0,1"),
-          ("default+robust-aug,default+separate,default+separate-maskmix", "0")]
+          ("default+robust-aug,default+separate", "0"),
+          ("default+separate-maskmix", "0,1,2")]
 
 
 def variant_config(name: str, data_dir: str, runs: Path) -> Config:
