@@ -44,7 +44,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt: Runtime, d
         x, y = rt.to_input(x), y.to(rt.device, non_blocking=True)
         x, task_inputs, y_other, lam = mixer.batch(x, y) if mixer is not None else (x, None, None, 1.0)
         with rt.autocast():
-            out = model(x, task_inputs) if task_inputs else model(x)
+            out = model(x, task_inputs)
             loss = loss_fn(out, y)
             if y_other is not None:
                 loss = lam * loss + (1 - lam) * loss_fn(out, y_other)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mcls.data.dataset import TARGET_COLUMNS
+
 MIXES = ("none", "vcutmix", "vcutmix_fixed", "cutmix", "mixup")
 # vcutmix_fixed: the documented winner's left/right cut, always near the middle of the face
 FIXED_CUT = (0.46, 0.54)
 MIX_TASKS = ("all", "mask")
-MASK_COLUMN = 0  # data.dataset.TARGET_COLUMNS[0]
+MASK_COLUMN = TARGET_COLUMNS.index("mask")
 
 
 class BatchMixer:
