@@ -69,6 +69,7 @@ class Config:
     mix_prob: float = 0.5  # share of batches mixed
     mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
     mix_tasks: str = "all"  # all | mask (heads=separate: only the mask task's backbone sees mixed batches)
+    mask_view: str = "none"  # none | reframe (heads=separate: the mask backbone sees faces shrunk and moved in frame)
     ema_decay: float = 0.995  # moving average of weights, validated and saved; its decay warms up to this; 0 = off
     pseudo_label: str = "none"  # none | eval (unlabelled eval images join training) | validation (measuring only)
     pseudo_run: str = ""  # the first-stage run whose fold-k model labels them for fold k
@@ -179,6 +180,9 @@ class Config:
         if self.mix_tasks != "all" and (self.heads != "separate" or self.mix == "none"):
             out.append(f"mix_tasks={self.mix_tasks!r} needs heads='separate' and a mix (heads={self.heads!r}, "
                        f"mix={self.mix!r}): a shared backbone sees one batch; set both or leave mix_tasks='all'")
+        if self.mask_view != "none" and self.heads != "separate":
+            out.append(f"mask_view={self.mask_view!r} needs heads='separate' (heads={self.heads!r}): a shared "
+                       f"backbone sees one view for every task; set heads=separate or leave mask_view='none'")
         if self.mask_size < 0:
             out.append(f"mask_size={self.mask_size} must be >= 0 (0 = img_size)")
         if not 0 <= self.ema_decay < 1 or not 0 <= self.mix_prob <= 1 or self.mix_alpha <= 0 or self.age_sigma <= 0:
@@ -225,11 +229,13 @@ def registry_choices() -> dict[str, tuple]:
     from mcls.runtime.device import AMP_DTYPES
     from mcls.train.augment import AUGMENTATIONS
     from mcls.train.losses import LOSSES
+    from mcls.train.mask_view import MASK_VIEWS
     from mcls.train.mixing import MIX_TASKS, MIXES
     from mcls.train.sampling import SAMPLERS
 
     return {"heads": HEAD_TYPES, "age_head": AGE_HEADS, "amp_dtype": AMP_DTYPES, "augment": tuple(AUGMENTATIONS),
-            "loss": LOSSES, "mix": MIXES, "mix_tasks": MIX_TASKS, "sampler": SAMPLERS}
+            "loss": LOSSES, "mix": MIXES, "mix_tasks": MIX_TASKS, "mask_view": MASK_VIEWS,
+            "sampler": SAMPLERS}
 
 
 def read_yaml_keys(path: str | Path) -> tuple[Path, dict[str, Any]]:

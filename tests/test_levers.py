@@ -73,6 +73,47 @@ def test_mask_only_mixing_feeds_the_mixed_batch_to_the_mask_backbone_alone():
         Config().updated({"heads": "separate", "mix": "vcutmix", "mix_tasks": "gender"})
 
 
+def test_reframing_shrinks_each_face_inside_its_frame_and_repeats_per_seed():
+    from mcls.train.mask_view import REFRAME_SCALE, MaskView
+
+    x = torch.zeros((16, 3, 64, 64), dtype=torch.uint8)
+    x[..., 32:] = 255  # left half dark, right half bright: the fill is their mean, 0.5
+    out = MaskView("reframe", seed=3)(x)
+    assert out.shape == x.shape and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+    assert torch.equal(out, MaskView("reframe", seed=3)(x)) and not torch.equal(out, MaskView("reframe", seed=4)(x))
+    fill = (out[:, 0] == 0.5).float().mean(dim=(1, 2))
+    # the new border is at most what the smallest face leaves free (edge pixels blend, hence the slack)
+    assert (fill <= 1 - REFRAME_SCALE[0] ** 2 + 0.05).all() and fill.mean() > 0.05
+    # the face keeps its orientation: its left stays dark, its right bright
+    rows = out[:, 0, 32]
+    assert (rows[:, :16] <= 0.5).all() and (rows[:, -16:] >= 0.5).all()
+    assert MaskView("none")(x) is x
+
+
+def test_a_reframed_batch_reaches_the_mask_backbone_alone():
+    from mcls.model.classifier import create_model
+    from mcls.runtime.device import Runtime
+    from mcls.train.fit import train_one_epoch
+    from mcls.train.losses import TaskLoss
+    from mcls.train.mask_view import MaskView
+
+    cfg = Config().updated({"heads": "separate", "mask_view": "reframe", "device": "cpu"})
+    x = torch.randint(0, 255, (6, 3, 48, 48), dtype=torch.uint8)
+    y = torch.tensor([[i % 3, i % 2, i % 3, 0, 20 + i] for i in range(6)])
+    model = create_model("test_efficientnet", heads="separate", pretrained="none")
+    seen = {}
+    for task, net in model.backbones.items():
+        net.register_forward_hook(lambda m, i, o, task=task: seen.update({task: i[0].detach()}))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    train_one_epoch(model, [(x, y, None)], TaskLoss(cfg, y.numpy()), optimizer, scheduler, Runtime.from_config(cfg),
+                    mask_view=MaskView("reframe", seed=5))
+    assert torch.allclose(seen["mask"], model.normalise(MaskView("reframe", seed=5)(x), "mask"))
+    assert torch.equal(seen["age"], model.normalise(x, "age")) and torch.equal(seen["gender"], seen["age"])
+    with pytest.raises(ConfigError, match="mask_view='reframe' needs heads='separate'"):
+        Config().updated({"mask_view": "reframe"})
+
+
 def test_an_epoch_chosen_on_the_other_folds_is_scored_honestly():
     # fold 0 peaks at epoch 2 by luck; the other folds agree that epoch 3 is best
     histories = {0: pd.DataFrame({"epoch": [1, 2, 3], "f1": [0.5, 0.9, 0.7]}),
@@ -160,12 +201,12 @@ def test_a_per_task_run_trains_saves_and_serves_as_one_run(tiny_cfg):
     from mcls.train.run import train
 
     cfg = tiny_cfg.updated({"heads": "separate", "mask_size": 32, "age_head": "both", "mix": "vcutmix_fixed",
-                            "mix_prob": 1.0, "mix_tasks": "mask"})
+                            "mix_prob": 1.0, "mix_tasks": "mask", "mask_view": "reframe"})
     summary = train(cfg)
     assert 0 <= summary["per_fold"]["0"]["f1"] <= 1
     model, saved = load_checkpoint(f"{cfg.run_dir}/fold0/best.pt")
     assert saved.heads == "separate" and saved.mask_size == 32 and "age_dist" in model.heads
-    assert saved.mix_tasks == "mask"
+    assert saved.mix_tasks == "mask" and saved.mask_view == "reframe"
     from conftest import SAMPLE
 
     from mcls.data.table import load_eval_table

@@ -29,6 +29,7 @@ from mcls.runtime.progress import progress
 from mcls.train.augment import create_train_transform
 from mcls.train.ema import ema_model
 from mcls.train.losses import TaskLoss
+from mcls.train.mask_view import MaskView
 from mcls.train.mixing import BatchMixer
 from mcls.train.sampling import epoch_order, epoch_rows
 
@@ -37,12 +38,14 @@ log = logging.getLogger(__name__)
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt: Runtime, desc: str = "train",
-                    mixer: BatchMixer | None = None, ema=None) -> dict:
+                    mixer: BatchMixer | None = None, ema=None, mask_view: MaskView | None = None) -> dict:
     model.train()
     total, count, start = 0.0, 0, time.perf_counter()
     for x, y, _ in progress(loader, desc=desc):
         x, y = rt.to_input(x), y.to(rt.device, non_blocking=True)
         x, task_inputs, y_other, lam = mixer.batch(x, y) if mixer is not None else (x, None, None, 1.0)
+        if mask_view is not None:
+            task_inputs = {**(task_inputs or {}), "mask": mask_view((task_inputs or {}).get("mask", x))}
         with rt.autocast():
             out = model(x, task_inputs)
             loss = loss_fn(out, y)
@@ -76,7 +79,8 @@ def lr_lambda(warmup_steps: int, total_steps: int):
 @dataclass
 class Parts:
     """What one fold trains with, built once: the module trained (DDP-wrapped, maybe compiled), the plain module
-    and its EMA (whose weights are validated, kept and shipped), the loss, optimiser, schedule, mixer and loader."""
+    and its EMA (whose weights are validated, kept and shipped), the loss, optimiser, schedule, mixer, the mask
+    task's view and the loader."""
 
     net: torch.nn.Module
     model: torch.nn.Module
@@ -85,6 +89,7 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     mixer: BatchMixer | None
+    mask_view: MaskView | None
     sampler: distributed.GlobalBatchSampler
     loader: torch.utils.data.DataLoader
     targets: np.ndarray
@@ -118,13 +123,14 @@ def build(cfg: Config, rt: Runtime, train_df: pd.DataFrame, train_images: np.nda
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
     mixer = BatchMixer(cfg.mix, cfg.mix_prob, cfg.mix_alpha, tasks=cfg.mix_tasks) if cfg.mix != "none" else None
+    mask_view = MaskView(cfg.mask_view) if cfg.mask_view != "none" else None
     train_ds = ImageArrayDataset(train_images, targets, create_train_transform(cfg.augment))
     sampler = distributed.GlobalBatchSampler(cfg.batch_size)
     # one loader per fold: its workers persist across epochs, the sampler hands them each epoch's order and seed
     loader = make_loader(train_ds, cfg.batch_size // distributed.world(), train=True, num_workers=cfg.num_workers,
                          pin_memory=rt.pin_memory, sampler=sampler)
-    return Parts(net, model, ema, TaskLoss(cfg, targets).to(rt.device), optimizer, scheduler, mixer, sampler, loader,
-                 targets, persons)
+    return Parts(net, model, ema, TaskLoss(cfg, targets).to(rt.device), optimizer, scheduler, mixer, mask_view, sampler,
+                 loader, targets, persons)
 
 
 def run_epoch(cfg: Config, rt: Runtime, parts: Parts, val_ds: ImageArrayDataset, epoch: int) -> dict:
@@ -132,12 +138,14 @@ def run_epoch(cfg: Config, rt: Runtime, parts: Parts, val_ds: ImageArrayDataset,
     validates the scored weights; returns the epoch's metrics row."""
     epoch_seed = cfg.training_seed * 1000 + epoch
     seed_everything(epoch_seed)
-    if parts.mixer is not None:
-        parts.mixer.reseed(epoch_seed)
+    for drawn in (parts.mixer, parts.mask_view):
+        if drawn is not None:
+            drawn.reseed(epoch_seed)
     parts.sampler.set_epoch(epoch_order(parts.targets, epoch_seed, cfg.sampler, parts.persons, cfg.wear_per_person),
                             epoch_seed)
     stats = train_one_epoch(parts.model, parts.loader, parts.loss_fn, parts.optimizer, parts.scheduler, rt,
-                            desc=f"epoch {epoch + 1}", mixer=parts.mixer, ema=parts.ema)
+                            desc=f"epoch {epoch + 1}", mixer=parts.mixer, ema=parts.ema,
+                            mask_view=parts.mask_view)
     stats["train_loss"] = distributed.mean_over_ranks(stats["train_loss"], len(parts.loader.sampler))
     probs = predict_dataset(parts.scored, val_ds, rt, rt.eval_batch(cfg.batch_size), num_workers=cfg.num_workers,
                             desc="validate")

@@ -1,0 +1,53 @@
+"""The mask task's own training view (per-task models only): its backbone may see each face reframed, smaller and
+off-centre inside the frame, while gender and age train on the faces as cropped.
+
+Why: the data's crops are tight (the chin touches the bottom edge), but real photos come from detectors and margins
+of every size. A mask head trained on one framing learns where the mask's top edge sits in the frame rather than
+where it sits on the face, and on looser real crops (realmask-dev) reads worn masks as 'incorrect'. Age and gender
+would only lose detail from a smaller face, so they keep the tight crop.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MASK_VIEWS = ("none", "reframe")
+# the face shrinks to this share of the frame's side; 0.65 is looser than realmask-dev's ~15 % margin
+REFRAME_SCALE = (0.65, 1.0)
+
+
+class MaskView:
+    """Reframes a batch for the mask backbone; draws come from its own seeded generator (reseeded per epoch like the
+    mixer), so runs and resumes repeat and the other tasks' randomness is untouched."""
+
+    def __init__(self, kind: str = "none", seed: int = 0):
+        if kind not in MASK_VIEWS:
+            raise ValueError(f"unknown mask_view {kind!r}; valid: {MASK_VIEWS}")
+        self.kind = kind
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        # a stream apart from the mixer's, which is reseeded from the same epoch seed
+        self.rng = np.random.default_rng([seed, 1])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch reframed as floats in [0, 1] (what the model reads besides uint8)."""
+        if self.kind == "none":
+            return x
+        n = len(x)
+        scale = self.rng.uniform(*REFRAME_SCALE, size=n)
+        # the shrunk face stays wholly inside the frame: its centre moves at most (1 - scale) in [-1, 1] coordinates
+        shift = self.rng.uniform(-1, 1, size=(n, 2)) * (1 - scale)[:, None]
+        theta = np.zeros((n, 2, 3), dtype=np.float32)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
+        theta[:, :, 2] = -shift / scale[:, None]
+        xf = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        grid = F.affine_grid(torch.from_numpy(theta).to(x.device), list(xf.shape), align_corners=False)
+        # the new border is the image's mean colour: mirrored borders would repeat the mask beside the face and
+        # stretched ones would lengthen it, while a flat fill says nothing about the mask state
+        mean = xf.mean(dim=(2, 3), keepdim=True)
+        out = (F.grid_sample(xf - mean, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + mean
+               ).clamp(0, 1)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
