@@ -155,7 +155,8 @@ RECIPE = [("plain,default", "all"),
           # the issue-22 levers on the current default (2026-12-01; run with --face-prior for the +face rows)
           ("default+near-edge3,default+vcutmix-fixed,default+relabel", "0,1"),
           ("default+robust-aug,default+separate", "0"),
-          ("default+separate-maskmix", "0,1,2")]
+          ("default+separate-maskmix", "0,1,2"),
+          ("default+separate-maskmix-reframe", "0,1")]  # the per-task preset
 
 
 def variant_config(name: str, data_dir: str, runs: Path) -> Config:
