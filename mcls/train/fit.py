@@ -45,7 +45,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt: Runtime, d
         x, y = rt.to_input(x), y.to(rt.device, non_blocking=True)
         x, task_inputs, y_other, lam = mixer.batch(x, y) if mixer is not None else (x, None, None, 1.0)
         if mask_view is not None:
-            task_inputs = {**(task_inputs or {}), "mask": mask_view((task_inputs or {}).get("mask", x))}
+            task_inputs = dict(task_inputs or {})
+            task_inputs["mask"] = mask_view(task_inputs.get("mask", x))
         with rt.autocast():
             out = model(x, task_inputs)
             loss = loss_fn(out, y)
