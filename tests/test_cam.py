@@ -139,3 +139,28 @@ def test_mistakes_come_most_confident_first_and_are_counted_per_class():
     m = mistakes_by_class(table).set_index(["head", "true class"])
     assert m.loc[("gender", "male"), "wrong"] == 3 and m.loc[("gender", "male"), "most often taken for"] == "female"
     assert m.loc[("gender", "female"), "error rate"] == 0
+
+
+def test_browser_shows_a_grid_at_once_and_its_controls_redraw_it(trained_run, monkeypatch):
+    import IPython.display
+    import matplotlib.figure
+
+    from mcls.analysis.cam_browser import browser
+
+    class Handle:
+        def __init__(self, obj):
+            self.shown = [obj]
+
+        def update(self, obj):
+            self.shown.append(obj)
+
+    handles = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, display_id=None: handles.append(Handle(obj)) or
+                        handles[-1])
+    panel = browser(trained_run, n=4)
+    assert len(handles) == 1 and isinstance(handles[0].shown[0], matplotlib.figure.Figure)
+    head = panel.children[0].children[0]
+    head.value = "gender"  # new class options, then the grid for the new head
+    titles = [fig.get_suptitle() for fig in handles[0].shown]
+    assert titles[0].startswith("mask = 0") and titles[-1].startswith("gender = ")
+    assert len(handles) == 1  # redrawn in place, never a second output

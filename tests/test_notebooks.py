@@ -16,6 +16,7 @@ from mcls.config import Config
 from mcls.pipeline import NOTEBOOK_DIR, NOTEBOOKS, PipelineError, ensure_kernel, run_pipeline
 
 NOTEBOOK_FILES = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+CELL_TIMEOUT_S = 300
 
 
 def execute(name: str, run_dir: Path, **params) -> Path:
@@ -23,8 +24,9 @@ def execute(name: str, run_dir: Path, **params) -> Path:
 
     out = run_dir / "notebooks" / f"{name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
+    # a hung kernel fails its test in minutes instead of stalling the whole suite
     pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out), kernel_name=ensure_kernel(), cwd=str(ROOT),
-                        progress_bar=False, parameters={"data_dir": str(SAMPLE), "run_dir": str(run_dir),
+                        progress_bar=False, execution_timeout=CELL_TIMEOUT_S, parameters={"data_dir": str(SAMPLE), "run_dir": str(run_dir),
                                                         "smoke": True, **params})
     return out
 
@@ -173,6 +175,11 @@ def test_04_gradcam(trained_run):
     assert_shows_what_it_saved(trained_run, "04_gradcam")
     mistakes = pd.DataFrame(metrics(trained_run, "04_gradcam")["mistakes"])
     assert len(mistakes) == 3 + 2 + 3 and mistakes["wrong"].le(mistakes["images"]).all()
+    # the browser: its first grid as a plain figure with a display id (what its controls update), then the controls
+    last = nbformat.read(trained_run / "notebooks" / "04_gradcam.ipynb", as_version=4).cells[-1]
+    kinds = [("image/png" in o.get("data", {}), "application/vnd.jupyter.widget-view+json" in o.get("data", {}))
+             for o in last.outputs]
+    assert kinds == [(True, False), (False, True)], kinds
 
 
 def test_05_shows_where_a_teammates_submission_disagrees(trained_run, tmp_path):

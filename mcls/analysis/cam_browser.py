@@ -29,7 +29,12 @@ def cam_grid(run_dir: str | Path, table: pd.DataFrame, head: str, cls: int, corr
 
 
 def browser(run_dir: str | Path, data_dir: str | Path | None = None, n: int = 8):
-    """An ipywidgets panel over cam_grid, showing the first head's first class at once."""
+    """Shows the first head's first class as a plain figure, then ipywidgets controls that redraw that figure in
+    place. Returns the controls.
+
+    No Output widget captures the grid: executed headless (papermill, nbclient), a cell that draws into one hangs
+    now and then with both kernel and client idle (jupyter/nbclient#312, jupyter/nbconvert#2003), and a stalled
+    CI run of this notebook was exactly that. A display id updated from the callbacks needs no capture."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
@@ -43,20 +48,21 @@ def browser(run_dir: str | Path, data_dir: str | Path | None = None, n: int = 8)
     cls = widgets.Dropdown(options=options("mask"), description="class")
     correct = widgets.ToggleButtons(options=[("wrong", False), ("right", True)], description="predicted")
     method = widgets.Dropdown(options=[m for m in METHODS if m not in ("scorecam", "random")], description="method")
-    out = widgets.Output()
+
+    def grid():
+        fig = cam_grid(run_dir, table, head.value, cls.value, correct.value, method.value, n)
+        plt.close(fig)  # shown through the display handle only, not again by the inline backend
+        return fig
+
+    shown = display(grid(), display_id=True)  # the first grid is drawn at once, not when a control first changes
 
     def on_head(change):
         cls.options = options(change["new"])
 
     def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            fig = cam_grid(run_dir, table, head.value, cls.value, correct.value, method.value, n)
-            display(fig)
-            plt.close(fig)
+        shown.update(grid())
 
     head.observe(on_head, names="value")
     for w in (head, cls, correct, method):
         w.observe(redraw, names="value")
-    redraw()  # the first grid is drawn at once, not when a control first changes
-    return widgets.VBox([widgets.HBox([head, cls]), widgets.HBox([correct, method]), out])
+    return widgets.VBox([widgets.HBox([head, cls]), widgets.HBox([correct, method])])
