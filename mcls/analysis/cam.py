@@ -32,7 +32,7 @@ from torch import nn
 from mcls.analysis.plots import image_grid
 from mcls.io import write_json
 from mcls.labels import GENDERS, HEAD_SIZES, HEADS, MASK_STATES, NUM_CLASSES, age_band_names, decode
-from mcls.model.classifier import class_log_probs, head_probs
+from mcls.model.classifier import class_log_probs, head_probs, unit_float
 from mcls.runs.layout import Run
 
 METHODS = {
@@ -147,7 +147,7 @@ def as_input(images) -> torch.Tensor:
     """Float NCHW in [0, 1] from a uint8 (N, H, W, 3) array (as load_images gives) or an NCHW uint8/float tensor."""
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    return images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    return unit_float(images)
 
 
 def iter_cam_maps(model, images, head: str = "class", classes=None, method: str = "gradcam", batch_size: int = 32,

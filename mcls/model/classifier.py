@@ -23,6 +23,12 @@ AGE_HEADS = ("band", "dist", "both")
 AGE_BINS = 100  # one bin per year of age 0..98, the last for 99 and over
 
 
+def unit_float(x: torch.Tensor) -> torch.Tensor:
+    """Images as floats in [0, 1], the one scale the model, the mixers and the views share: uint8 is divided by
+    255, floats are taken as already scaled."""
+    return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+
+
 def age_bin_bands(age_bounds=(30, 60)) -> torch.Tensor:
     """(AGE_BINS,) band index of each one-year age bin."""
     return torch.as_tensor(age_band(np.arange(AGE_BINS), age_bounds), dtype=torch.long)
@@ -86,7 +92,7 @@ class MaskClassifier(nn.Module):
         return self.backbones[task]
 
     def normalise(self, x: torch.Tensor, task: str = "") -> torch.Tensor:
-        x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+        x = unit_float(x)
         if task == "mask" and self.head_type == "separate":
             return (x - self.mask_mean) / self.mask_std
         return (x - self.mean) / self.std

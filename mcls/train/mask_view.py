@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mcls.model.classifier import unit_float
+
 MASK_VIEWS = ("none", "reframe")
 # the face shrinks to this share of the frame's side; 0.65 is looser than realmask-dev's ~15 % margin
 REFRAME_SCALE = (0.65, 1.0)
@@ -42,7 +44,7 @@ class MaskView:
         theta = np.zeros((n, 2, 3), dtype=np.float32)
         theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
         theta[:, :, 2] = -shift / scale[:, None]
-        xf = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        xf = unit_float(x)
         grid = F.affine_grid(torch.from_numpy(theta).to(x.device), list(xf.shape), align_corners=False)
         # the new border is the image's mean colour: mirrored borders would repeat the mask beside the face and
         # stretched ones would lengthen it, while a flat fill says nothing about the mask state

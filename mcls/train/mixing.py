@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mcls.data.dataset import TARGET_COLUMNS
+from mcls.model.classifier import unit_float
 
 MIXES = ("none", "vcutmix", "vcutmix_fixed", "cutmix", "mixup")
 # vcutmix_fixed: the documented winner's left/right cut, always near the middle of the face
@@ -54,7 +55,7 @@ class BatchMixer:
         lam = float(self.rng.beta(self.alpha, self.alpha))
         h, w = x.shape[-2:]
         if self.kind == "mixup":
-            xf = x.float() / 255 if x.dtype == torch.uint8 else x  # the model reads floats as [0, 1]
+            xf = unit_float(x)
             return lam * xf + (1 - lam) * xf[perm], perm, lam
         x = x.clone()
         if self.kind in ("vcutmix", "vcutmix_fixed"):
