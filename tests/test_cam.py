@@ -162,5 +162,5 @@ def test_browser_shows_a_grid_at_once_and_its_controls_redraw_it(trained_run, mo
     head = panel.children[0].children[0]
     head.value = "gender"  # new class options, then the grid for the new head
     titles = [fig.get_suptitle() for fig in handles[0].shown]
-    assert titles[0].startswith("mask = 0") and titles[-1].startswith("gender = ")
+    assert titles[0].startswith("mask = wear,") and titles[-1].startswith("gender = male,")
     assert len(handles) == 1  # redrawn in place, never a second output
