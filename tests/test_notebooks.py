@@ -26,8 +26,8 @@ def execute(name: str, run_dir: Path, **params) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     # a hung kernel fails its test in minutes instead of stalling the whole suite
     pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out), kernel_name=ensure_kernel(), cwd=str(ROOT),
-                        progress_bar=False, execution_timeout=CELL_TIMEOUT_S, parameters={"data_dir": str(SAMPLE), "run_dir": str(run_dir),
-                                                        "smoke": True, **params})
+                        progress_bar=False, execution_timeout=CELL_TIMEOUT_S,
+                        parameters={"data_dir": str(SAMPLE), "run_dir": str(run_dir), "smoke": True, **params})
     return out
 
 
@@ -175,7 +175,7 @@ def test_04_gradcam(trained_run):
     assert_shows_what_it_saved(trained_run, "04_gradcam")
     mistakes = pd.DataFrame(metrics(trained_run, "04_gradcam")["mistakes"])
     assert len(mistakes) == 3 + 2 + 3 and mistakes["wrong"].le(mistakes["images"]).all()
-    # the browser: its first grid as a plain figure with a display id (what its controls update), then the controls
+    # the browser: its first grid as a plain figure (what its controls update in place), then the controls
     last = nbformat.read(trained_run / "notebooks" / "04_gradcam.ipynb", as_version=4).cells[-1]
     kinds = [("image/png" in o.get("data", {}), "application/vnd.jupyter.widget-view+json" in o.get("data", {}))
              for o in last.outputs]

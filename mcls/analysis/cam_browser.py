@@ -16,16 +16,17 @@ def cam_grid(run_dir: str | Path, table: pd.DataFrame, head: str, cls: int, corr
     """A grid of up to `n` validation images of true class `cls` for `head`, predicted right or wrong, each with
     the CAM of its predicted class from its own fold's model. Returns the matplotlib figure."""
     rows = table[(table[f"{head}_true"] == cls) & ((table[f"{head}_pred"] == cls) == correct)].head(n)
-    names = head_class_names(Run(run_dir).config.age_bounds)[head]
+    run = Run(run_dir)
+    names = head_class_names(run.config.age_bounds)[head]
     tiles, captions = [], []
     for fold, part in rows.groupby("fold"):
-        model, cfg = load_checkpoint(Run(run_dir).fold(fold).best, device)
+        model, cfg = load_checkpoint(run.fold(fold).best, device)
         images = _load_as_trained(part["path"], cfg, device)
         maps = cam_maps(model, images, head, part[f"{head}_pred"].tolist(), method)
         tiles += [overlay(img, m) for img, m in zip(images, maps)]
         captions += [f"{p} pred {names[k]}" for p, k in zip(part["person"], part[f"{head}_pred"])]
-    verdict = "right" if correct else "wrong"
-    return image_grid(tiles, captions, ncols=4, title=f"{head} = {names[cls]}, predicted {verdict} ({len(tiles)} shown)")
+    title = f"{head} = {names[cls]}, predicted {'right' if correct else 'wrong'} ({len(tiles)} shown)"
+    return image_grid(tiles, captions, ncols=4, title=title)
 
 
 def browser(run_dir: str | Path, data_dir: str | Path | None = None, n: int = 8):
@@ -59,7 +60,7 @@ def browser(run_dir: str | Path, data_dir: str | Path | None = None, n: int = 8)
     def on_head(change):
         cls.options = options(change["new"])
 
-    def redraw(_=None):
+    def redraw(_change):
         shown.update(grid())
 
     head.observe(on_head, names="value")
