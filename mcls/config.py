@@ -69,7 +69,8 @@ class Config:
     mix_prob: float = 0.5  # share of batches mixed
     mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
     mix_tasks: str = "all"  # all | mask (heads=separate: only the mask task's backbone sees mixed batches)
-    mask_view: str = "none"  # none | reframe (heads=separate: the mask backbone sees faces shrunk and moved in frame)
+    mask_view: str = "none"  # none | reframe | reframe_lowres (heads=separate: the mask backbone sees faces shrunk and
+    # moved in frame; _lowres also blurs half of them)
     ema_decay: float = 0.995  # moving average of weights, validated and saved; its decay warms up to this; 0 = off
     pseudo_label: str = "none"  # none | eval (unlabelled eval images join training) | validation (measuring only)
     pseudo_run: str = ""  # the first-stage run whose fold-k model labels them for fold k

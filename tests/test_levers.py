@@ -90,6 +90,24 @@ def test_reframing_shrinks_each_face_inside_its_frame_and_repeats_per_seed():
     assert MaskView("none")(x) is x
 
 
+def test_lowres_blurs_about_half_the_reframed_faces_and_keeps_the_reframing():
+    from mcls.train.mask_view import LOWRES_P, MaskView
+
+    x = torch.zeros((64, 3, 64, 64), dtype=torch.uint8)
+    x[..., ::2] = 255  # one-pixel stripes: any shrinking smears them to grey
+    framed, low = MaskView("reframe", seed=3)(x), MaskView("reframe_lowres", seed=3)(x)
+    assert low.shape == x.shape and 0 <= low.min() and low.max() <= 1
+    changed = (low - framed).abs().amax(dim=(1, 2, 3)) > 0.05
+    assert abs(changed.float().mean().item() - LOWRES_P) < 0.2
+    # the reframing draws come first and are the same; an untouched face is exactly the reframed one
+    assert torch.equal(low[~changed], framed[~changed])
+    def contrast(t):  # stripes left in the middle of the face
+        return (t[:, 0, 24:40, 24:40] - 0.5).abs().mean(dim=(1, 2))
+
+    assert (contrast(low[changed]) < contrast(framed[changed])).all()
+    assert torch.equal(low, MaskView("reframe_lowres", seed=3)(x))
+
+
 def test_a_reframed_batch_reaches_the_mask_backbone_alone():
     from mcls.model.classifier import create_model
     from mcls.runtime.device import Runtime
@@ -213,3 +231,35 @@ def test_a_per_task_run_trains_saves_and_serves_as_one_run(tiny_cfg):
     paths = list(load_eval_table(SAMPLE)["path"][:4])
     probs = predict_paths(paths, Serving.resolve(cfg.run_dir))[0]
     assert probs.shape == (4, 18) and np.allclose(probs.sum(1), 1, atol=1e-4)
+
+
+def test_the_mask_screen_trains_each_candidate_and_keeps_earlier_rows(tmp_path, sample_dir):
+    import sys
+
+    import pandas as pd
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import mask_screen
+
+    for overrides in mask_screen.CANDIDATES.values():  # each candidate is a valid per-task config
+        Config().updated({**mask_screen.PER_TASK, **overrides})
+    # stand-in "real photos": sample images with their mask state, two sources
+    table = pd.read_csv(sample_dir / "train" / "train.csv").head(4)
+    rows = [(str(next((sample_dir / "train" / "images" / p).glob(f"{stem}.*"))), m, src)
+            for p, src in zip(table["path"], "abab") for stem, m in (("mask1", 0), ("incorrect_mask", 1), ("normal", 2))]
+    real = tmp_path / "real.csv"
+    pd.DataFrame(rows, columns=["path", "mask", "source"]).to_csv(real, index=False)
+    tiny = ["backbone=test_efficientnet", "pretrained=none", "img_size=48", "mask_size=32", "epochs=2",
+            "batch_size=16", "n_folds=4", "image_cache="]
+    out = tmp_path / "screen"
+    args = ["--data", str(sample_dir), "--real", str(real), "--folds", "0", "--out", str(out), "--set", *tiny]
+    mask_screen.main(["--candidates", "reframe,lowres", *args])
+    mask_screen.main(["--candidates", "nomix", *args])  # a later command adds its candidates to the table
+    epochs = pd.read_csv(tmp_path / "screen_epochs.csv")
+    assert sorted(epochs.groupby(["candidate", "fold"]).size().items()) == [
+        (("lowres", 0), 2), (("nomix", 0), 2), (("reframe", 0), 2)]
+    summary = pd.read_csv(out.with_suffix(".csv"))
+    assert list(summary["candidate"]) == ["reframe", "lowres", "nomix"]
+    assert summary[["val_acc_mask", "real_mask_f1", "real_a", "real_b"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert "| nomix" in out.with_suffix(".md").read_text()

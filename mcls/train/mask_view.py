@@ -5,6 +5,10 @@ Why: the data's crops are tight (the chin touches the bottom edge), but real pho
 of every size. A mask head trained on one framing learns where the mask's top edge sits in the frame rather than
 where it sits on the face, and on looser real crops (realmask-dev) reads worn masks as 'incorrect'. Age and gender
 would only lose detail from a smaller face, so they keep the tight crop.
+
+reframe_lowres adds resolution loss: half the faces are shrunk to 20-50 % of their side and blown up again. The
+data's faces are sharp, while real photos are often small faces from crowd shots, and a mask head that never saw a
+blurred mask reads one as a bare face.
 """
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ import torch.nn.functional as F
 
 from mcls.model.classifier import unit_float
 
-MASK_VIEWS = ("none", "reframe")
+MASK_VIEWS = ("none", "reframe", "reframe_lowres")
 # the face shrinks to this share of the frame's side; 0.65 is looser than realmask-dev's ~15 % margin
 REFRAME_SCALE = (0.65, 1.0)
+LOWRES_P = 0.5
+LOWRES_SCALE = (0.2, 0.5)  # of the side: a 160 px face becomes 32-80 px, like realmask-dev's smallest crops
 
 
 class MaskView:
@@ -51,5 +57,19 @@ class MaskView:
         mean = xf.mean(dim=(2, 3), keepdim=True)
         out = (F.grid_sample(xf - mean, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + mean
                ).clamp(0, 1)
+        if self.kind == "reframe_lowres":
+            out = self.lowres(out)
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+    def lowres(self, x: torch.Tensor) -> torch.Tensor:
+        """A share LOWRES_P of the batch shrunk and blown up again (per image: each draws its own size)."""
+        side = x.shape[-1]
+        hit = self.rng.random(len(x)) < LOWRES_P
+        small = np.round(side * self.rng.uniform(*LOWRES_SCALE, size=len(x))).astype(int)
+        out = x.clone()
+        for i in np.flatnonzero(hit):
+            low = F.interpolate(x[i:i + 1], size=(small[i], small[i]), mode="bilinear", antialias=True,
+                                align_corners=False)
+            out[i:i + 1] = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+        return out

@@ -1,0 +1,191 @@
+"""Mask-task screen: trains the mask backbone of a per-task model alone and scores it on real photos.
+
+    .venv/bin/python bench/mask_screen.py --data ../shared/data/utkmask --candidates reframe,lowres --folds 0,1
+
+A per-task model's mask backbone trains apart from the gender and age ones (its own batch view, mixer and head), so
+what a change to the mask task's training buys on real photos can be screened at a sixth of the full run's cost (about 5 minutes a fold on
+2 CPU cores): the same data order, light augmentation, left/right cut on the mask task, EMA, schedule and 96 px
+input as `bench/quality.py`'s default+separate-maskmix-reframe, with a CANDIDATE's overrides of the mask task. Each epoch's EMA weights
+are scored on the fold's validation persons (mask accuracy) and on ../shared/data/realmask-dev (macro F1 and per
+state, per source: development photos, never trained on). A candidate that wins here is confirmed by training the full
+per-task variant with bench/quality.py.
+
+Writes bench/results/mask_screen_epochs.csv (every epoch and fold; rows of earlier commands are kept unless the same
+candidate and fold ran again) and mask_screen.{md,csv}: each candidate's last epoch, averaged over its folds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+
+ROOT = Path(__file__).resolve().parents[1]
+REALMASK = ROOT.parent / "shared" / "data" / "realmask-dev" / "labels.csv"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import machine
+
+from mcls.config import Config, parse_overrides
+from mcls.data.dataset import ImageArrayDataset, targets_of
+from mcls.data.images import load_images
+from mcls.labels import MASK_STATES
+from mcls.model.classifier import create_model, unit_float
+from mcls.runtime.device import seed_everything
+from mcls.train.augment import create_train_transform
+from mcls.train.ema import ema_model
+from mcls.train.fit import lr_lambda
+from mcls.train.mask_view import MaskView
+from mcls.train.mixing import BatchMixer
+from mcls.train.run import load_training_data
+from mcls.train.sampling import epoch_order, epoch_rows
+
+# the per-task preset's mask task (mcls/presets/per-task.yaml) on the package defaults
+PER_TASK = dict(heads="separate", mask_size=96, mix="vcutmix_fixed", mix_tasks="mask", mask_view="reframe")
+# overrides of the mask task's training, each on PER_TASK
+CANDIDATES = {
+    "reframe": {},  # the per-task preset as it is
+    "lowres": dict(mask_view="reframe_lowres"),  # real crops are often small blurred faces; the data's are sharp
+    "128px": dict(mask_size=128),  # more detail for a nose left uncovered
+    "nomix": dict(mix="none", mix_tasks="all"),  # the reframing alone: does the left/right cut still help the mask task?
+}
+
+
+def mask_logits(net, x: torch.Tensor, size: int) -> torch.Tensor:
+    """The mask head's logits for a batch at the cache's size, seen at `size` px as the per-task model sees it."""
+    xf = F.interpolate(unit_float(x), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return net(xf)["mask"]
+
+
+@torch.no_grad()
+def mask_probs(net, images: np.ndarray, size: int, batch: int = 64) -> np.ndarray:
+    """Flip-averaged mask probabilities of uint8 HWC images."""
+    net.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2)
+        p = mask_logits(net, x, size).softmax(-1) + mask_logits(net, x.flip(-1), size).softmax(-1)
+        out.append((p / 2).numpy())
+    return np.concatenate(out)
+
+
+def real_scores(probs: np.ndarray, real: pd.DataFrame) -> dict:
+    pred, true = probs.argmax(1), real["mask"].to_numpy()
+    per_state = f1_score(true, pred, labels=[0, 1, 2], average=None, zero_division=0)
+    out = {"real_mask_f1": f1_score(true, pred, labels=[0, 1, 2], average="macro", zero_division=0),
+           **{f"real_f1_{MASK_STATES[k].replace(' ', '_')}": per_state[k] for k in range(3)}}
+    for source, rows in real.groupby("source").groups.items():
+        present = sorted(set(true[rows]))
+        out[f"real_{source}"] = f1_score(true[rows], pred[rows], labels=present, average="macro", zero_division=0)
+    return out
+
+
+def screen_fold(cfg: Config, table, images, real_images, real, k: int, name: str) -> list[dict]:
+    """Trains fold k's mask backbone as `cfg` says; one row per epoch (EMA weights), labelled `name`."""
+    seed_everything(cfg.training_seed)
+    is_val = (table["fold"] == k).to_numpy()
+    train_t, train_x = targets_of(table[~is_val]), images[~is_val]
+    persons = pd.factorize(table[~is_val]["person"])[0]
+    val_x, val_mask = images[is_val], table[is_val]["mask"].to_numpy()
+    net = create_model(cfg.backbone, "multi", cfg.pretrained, cfg.drop_rate)  # gender and age heads stay untrained
+    ema = ema_model(net, cfg.ema_decay)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = int(np.ceil(len(epoch_rows(train_t, persons, cfg.wear_per_person, 0)) / cfg.batch_size))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(int(cfg.warmup_epochs * steps), cfg.epochs * steps))
+    mixer = BatchMixer(cfg.mix, cfg.mix_prob, cfg.mix_alpha)
+    mask_view = MaskView(cfg.mask_view)
+    ds = ImageArrayDataset(train_x, train_t, create_train_transform(cfg.augment))
+    rows = []
+    for epoch in range(cfg.epochs):
+        epoch_seed = cfg.training_seed * 1000 + epoch
+        seed_everything(epoch_seed)
+        mixer.reseed(epoch_seed)
+        mask_view.reseed(epoch_seed)
+        order = epoch_order(train_t, epoch_seed, cfg.sampler, persons, cfg.wear_per_person)
+        net.train()
+        start = time.perf_counter()
+        for b in range(0, len(order), cfg.batch_size):
+            items = [ds[(int(i), epoch_seed)] for i in order[b:b + cfg.batch_size]]
+            x = torch.stack([it[0] for it in items])
+            y = torch.stack([it[1] for it in items])[:, 0]
+            mixed, perm, lam = mixer(x)
+            logits = mask_logits(net, mask_view(mixed), cfg.mask_size)
+            loss = F.cross_entropy(logits, y)
+            if perm is not None:
+                loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y[perm])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            ema.update_parameters(net)
+        seconds = time.perf_counter() - start
+        scored = ema.module
+        val_acc = float((mask_probs(scored, val_x, cfg.mask_size).argmax(1) == val_mask).mean())
+        row = {"candidate": name, "fold": k, "epoch": epoch + 1, "train_s": round(seconds, 1), "val_acc_mask": val_acc,
+               **real_scores(mask_probs(scored, real_images, cfg.mask_size), real)}
+        print(" ".join(f"{c}={v:.3f}" if isinstance(v, float) else f"{c}={v}" for c, v in row.items()), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "utkmask"))
+    ap.add_argument("--candidates", default=",".join(CANDIDATES), help=f"comma list of {', '.join(CANDIDATES)}")
+    ap.add_argument("--folds", default="0,1")
+    ap.add_argument("--real", default=str(REALMASK), help="CSV of path, mask, source (paths relative to it)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides of every candidate (e.g. a tiny backbone for a smoke run)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "mask_screen"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    base = Config().updated({**PER_TASK, "data_dir": args.data, "device": "cpu", **parse_overrides(args.set)})
+    names = args.candidates.split(",")
+    unknown = sorted(set(names) - set(CANDIDATES))
+    if unknown:
+        raise SystemExit(f"unknown candidate(s) {unknown}; known: {', '.join(CANDIDATES)}")
+    configs = {name: base.updated(CANDIDATES[name], source=f"candidate {name}") for name in names}  # fail before work
+    table, images = load_training_data(base)
+    real_csv = Path(args.real)
+    real = pd.read_csv(real_csv)
+    real_images = load_images([str(real_csv.parent / p) for p in real["path"]], base.img_size)[0]
+    rows = []
+    for name in names:
+        for k in (int(f) for f in args.folds.split(",")):
+            rows += screen_fold(configs[name], table, images, real_images, real, k, name)
+    out = Path(args.out)
+    epochs_csv = out.with_name(out.name + "_epochs.csv")
+    df = pd.DataFrame(rows)
+    if epochs_csv.exists():
+        old = pd.read_csv(epochs_csv)
+        ran = old.set_index(["candidate", "fold"]).index.isin(df.set_index(["candidate", "fold"]).index)
+        df = pd.concat([old[~ran], df], ignore_index=True)
+    df.to_csv(epochs_csv, index=False)
+    last = df[df["epoch"] == df.groupby(["candidate", "fold"])["epoch"].transform("max")]
+    summary = last.drop(columns=["fold", "epoch"]).groupby("candidate", sort=False).mean().reset_index()
+    summary.insert(1, "folds", last.groupby("candidate", sort=False)["fold"].apply(
+        lambda f: ",".join(map(str, sorted(f)))).to_numpy())
+    summary.to_csv(out.with_suffix(".csv"), index=False)
+    command = "`.venv/bin/python bench/mask_screen.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`"
+    text = (f"# Mask-task screen: the per-task model's mask backbone alone, last epoch\n\nmachine: {machine()}\n\n"
+            f"Last command: {command}. Candidates are overrides of the per-task preset's mask task ({CANDIDATES}). "
+            f"Real-photo columns are ../shared/data/realmask-dev (macro F1, per state, per "
+            f"source); val_acc_mask is the fold's validation persons.\n\n"
+            + summary.to_markdown(index=False, floatfmt=".3f") + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
