@@ -58,6 +58,8 @@ CANDIDATES = {
     "lowres": dict(mask_view="reframe_lowres"),  # real crops are often small blurred faces; the data's are sharp
     "128px": dict(mask_size=128),  # more detail for a nose left uncovered
     "nomix": dict(mix="none", mix_tasks="all"),  # the reframing alone: does the left/right cut still help the mask task?
+    "mix1.0": dict(mix_prob=1.0),  # the cut helps real photos: on every batch rather than half
+    "cutmix": dict(mix="cutmix"),  # patches of another face anywhere, not only its other half
 }
 
 
@@ -181,7 +183,7 @@ def main(argv=None) -> None:
     text = (f"# Mask-task screen: the per-task model's mask backbone alone, last epoch\n\nmachine: {machine()}\n\n"
             f"Last command: {command}. Candidates are overrides of the per-task preset's mask task ({CANDIDATES}). "
             f"Real-photo columns are ../shared/data/realmask-dev (macro F1, per state, per "
-            f"source); val_acc_mask is the fold's validation persons.\n\n"
+            f"source); val_acc_mask is the fold's validation persons; train_s the last epoch's training seconds.\n\n"
             + summary.to_markdown(index=False, floatfmt=".3f") + "\n")
     out.with_suffix(".md").write_text(text)
     print(text)
