@@ -2,13 +2,14 @@
 
     .venv/bin/python bench/mask_screen.py --data ../shared/data/utkmask --candidates reframe,lowres --folds 0,1
 
-A per-task model's mask backbone trains apart from the gender and age ones (its own batch view, mixer and head), so
-what a change to the mask task's training buys on real photos can be screened at a sixth of the full run's cost (about 5 minutes a fold on
-2 CPU cores): the same data order, light augmentation, left/right cut on the mask task, EMA, schedule and 96 px
-input as `bench/quality.py`'s default+separate-maskmix-reframe, with a CANDIDATE's overrides of the mask task. Each epoch's EMA weights
-are scored on the fold's validation persons (mask accuracy) and on ../shared/data/realmask-dev (macro F1 and per
-state, per source: development photos, never trained on). A candidate that wins here is confirmed by training the full
-per-task variant with bench/quality.py.
+A per-task model's mask backbone trains apart from the gender and age ones (its own batch view, mixer and head),
+so what a change to the mask task's training buys on real photos can be screened at a sixth of the full run's
+cost (about 6 minutes a fold on 2 CPU cores): the same data order, light augmentation, left/right cut on the mask
+task, EMA, schedule and 96 px input as the `per-task` preset (bench/quality.py's
+default+separate-maskmix-reframe), with a CANDIDATE's overrides of the mask task. Each epoch's EMA weights are
+scored on the fold's validation persons (mask accuracy) and on ../shared/data/realmask-dev (macro F1, per state
+and per source: development photos, never trained on). A candidate that wins here is confirmed by training the
+full per-task variant with bench/quality.py.
 
 Writes bench/results/mask_screen_epochs.csv (every epoch and fold; rows of earlier commands are kept unless the same
 candidate and fold ran again) and mask_screen.{md,csv}: each candidate's last epoch, averaged over its folds.
@@ -27,7 +28,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
 
 ROOT = Path(__file__).resolve().parents[1]
 REALMASK = ROOT.parent / "shared" / "data" / "realmask-dev" / "labels.csv"
@@ -36,22 +36,22 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import machine
 
-from mcls.config import Config, parse_overrides
+from mcls.analysis.robustness import real_mask_f1
+from mcls.config import Config, parse_overrides, read_yaml_keys
 from mcls.data.dataset import ImageArrayDataset, targets_of
 from mcls.data.images import load_images
-from mcls.labels import MASK_STATES
 from mcls.model.classifier import create_model, unit_float
 from mcls.runtime.device import seed_everything
 from mcls.train.augment import create_train_transform
 from mcls.train.ema import ema_model
-from mcls.train.fit import lr_lambda
+from mcls.train.fit import warmup_cosine
 from mcls.train.mask_view import MaskView
 from mcls.train.mixing import BatchMixer
 from mcls.train.run import load_training_data
-from mcls.train.sampling import epoch_order, epoch_rows
+from mcls.train.sampling import epoch_order
 
-# the per-task preset's mask task (mcls/presets/per-task.yaml) on the package defaults
-PER_TASK = dict(heads="separate", mask_size=96, mix="vcutmix_fixed", mix_tasks="mask", mask_view="reframe")
+# the per-task preset's keys (mcls/presets/per-task.yaml) on the package defaults
+PER_TASK = read_yaml_keys("per-task")[1]
 # overrides of the mask task's training, each on PER_TASK
 CANDIDATES = {
     "reframe": {},  # the per-task preset as it is
@@ -81,17 +81,6 @@ def mask_probs(net, images: np.ndarray, size: int, batch: int = 64) -> np.ndarra
     return np.concatenate(out)
 
 
-def real_scores(probs: np.ndarray, real: pd.DataFrame) -> dict:
-    pred, true = probs.argmax(1), real["mask"].to_numpy()
-    per_state = f1_score(true, pred, labels=[0, 1, 2], average=None, zero_division=0)
-    out = {"real_mask_f1": f1_score(true, pred, labels=[0, 1, 2], average="macro", zero_division=0),
-           **{f"real_f1_{MASK_STATES[k].replace(' ', '_')}": per_state[k] for k in range(3)}}
-    for source, rows in real.groupby("source").groups.items():
-        present = sorted(set(true[rows]))
-        out[f"real_{source}"] = f1_score(true[rows], pred[rows], labels=present, average="macro", zero_division=0)
-    return out
-
-
 def screen_fold(cfg: Config, table, images, real_images, real, k: int, name: str) -> list[dict]:
     """Trains fold k's mask backbone as `cfg` says; one row per epoch (EMA weights), labelled `name`."""
     seed_everything(cfg.training_seed)
@@ -102,9 +91,7 @@ def screen_fold(cfg: Config, table, images, real_images, real, k: int, name: str
     net = create_model(cfg.backbone, "multi", cfg.pretrained, cfg.drop_rate)  # gender and age heads stay untrained
     ema = ema_model(net, cfg.ema_decay)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = int(np.ceil(len(epoch_rows(train_t, persons, cfg.wear_per_person, 0)) / cfg.batch_size))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(int(cfg.warmup_epochs * steps), cfg.epochs * steps))
+    scheduler = warmup_cosine(cfg, optimizer, train_t, persons)
     mixer = BatchMixer(cfg.mix, cfg.mix_prob, cfg.mix_alpha)
     mask_view = MaskView(cfg.mask_view)
     ds = ImageArrayDataset(train_x, train_t, create_train_transform(cfg.augment))
@@ -135,7 +122,8 @@ def screen_fold(cfg: Config, table, images, real_images, real, k: int, name: str
         scored = ema.module
         val_acc = float((mask_probs(scored, val_x, cfg.mask_size).argmax(1) == val_mask).mean())
         row = {"candidate": name, "fold": k, "epoch": epoch + 1, "train_s": round(seconds, 1), "val_acc_mask": val_acc,
-               **real_scores(mask_probs(scored, real_images, cfg.mask_size), real)}
+               **real_mask_f1(real["mask"].to_numpy(), mask_probs(scored, real_images, cfg.mask_size).argmax(1),
+                                   real["source"].to_numpy())}
         print(" ".join(f"{c}={v:.3f}" if isinstance(v, float) else f"{c}={v}" for c, v in row.items()), flush=True)
         rows.append(row)
     return rows

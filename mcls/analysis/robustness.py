@@ -61,14 +61,27 @@ def mask_robustness(model, images: np.ndarray, mask_labels: np.ndarray, rt, batc
     return pd.DataFrame(rows)
 
 
+def real_mask_f1(true: np.ndarray, pred: np.ndarray, sources=None) -> dict:
+    """Mask-state scores of predictions on real photos: macro F1 over the three states, F1 per state, and (with
+    `sources`, one name per photo) macro F1 per source over the states that source has."""
+    from sklearn.metrics import f1_score
+
+    per_state = f1_score(true, pred, labels=[0, 1, 2], average=None, zero_division=0)
+    out = {"real_mask_f1": float(f1_score(true, pred, labels=[0, 1, 2], average="macro", zero_division=0)),
+           **{f"real_f1_{MASK_STATES[k].replace(' ', '_')}": float(per_state[k]) for k in range(3)}}
+    if sources is not None:
+        for source, rows in pd.Series(sources).groupby(sources).groups.items():
+            present = sorted(set(true[rows]))
+            out[f"real_mask_f1_{source}"] = float(f1_score(true[rows], pred[rows], labels=present, average="macro",
+                                                           zero_division=0))
+    return out
+
+
 def real_mask_scores(checkpoint, labels_csv, device: str = "cpu") -> dict:
     """The mask head of one checkpoint on real photos with mask labels (a CSV of path, mask[, source] with paths
-    relative to it, like ../shared/data/realmask-dev/labels.csv): macro F1 over the three states, F1 per state,
-    and macro F1 per source. Served plainly (one model, flip TTA, no person sharing: the photos are of
-    different people)."""
+    relative to it, like ../shared/data/realmask-dev/labels.csv): real_mask_f1's scores. Served plainly (one
+    model, flip TTA, no person sharing: the photos are of different people)."""
     from pathlib import Path
-
-    from sklearn.metrics import f1_score
 
     from mcls.infer.predictor import predict_paths
     from mcls.infer.serving import Serving
@@ -79,13 +92,5 @@ def real_mask_scores(checkpoint, labels_csv, device: str = "cpu") -> dict:
     paths = [str(labels_csv.parent / p) for p in table["path"]]
     serving = Serving.resolve(checkpoint, {"person_consistent": False, "calibrate_age": False, "tta": True})
     probs = predict_paths(paths, serving, device)[0]
-    pred, true = decode(probs.argmax(1))[0], table["mask"].to_numpy()
-    per_state = f1_score(true, pred, labels=[0, 1, 2], average=None, zero_division=0)
-    out = {"real_mask_f1": float(f1_score(true, pred, labels=[0, 1, 2], average="macro", zero_division=0)),
-           **{f"real_f1_{MASK_STATES[k].replace(' ', '_')}": float(per_state[k]) for k in range(3)}}
-    if "source" in table:
-        for source, rows in table.groupby("source").groups.items():
-            present = sorted(set(true[rows]))
-            out[f"real_mask_f1_{source}"] = float(f1_score(true[rows], pred[rows], labels=present, average="macro",
-                                                           zero_division=0))
-    return out
+    sources = table["source"].to_numpy() if "source" in table else None
+    return real_mask_f1(table["mask"].to_numpy(), decode(probs.argmax(1))[0], sources)

@@ -77,6 +77,14 @@ def lr_lambda(warmup_steps: int, total_steps: int):
 
 
 
+def warmup_cosine(cfg: Config, optimizer, targets: np.ndarray, persons: np.ndarray):
+    """The per-step schedule of a fold: linear warmup over cfg.warmup_epochs, then cosine to 1 % over cfg.epochs,
+    counted in the batches an epoch's rows (epoch_rows) make."""
+    steps_per_epoch = math.ceil(len(epoch_rows(targets, persons, cfg.wear_per_person, 0)) / cfg.batch_size)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+
+
 @dataclass
 class Parts:
     """What one fold trains with, built once: the module trained (DDP-wrapped, maybe compiled), the plain module
@@ -120,9 +128,7 @@ def build(cfg: Config, rt: Runtime, train_df: pd.DataFrame, train_images: np.nda
         targets = np.concatenate([targets, extra[1]])
         persons = np.concatenate([persons, np.full(len(extra[0]), -1)])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(epoch_rows(targets, persons, cfg.wear_per_person, 0)) / cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+    scheduler = warmup_cosine(cfg, optimizer, targets, persons)
     mixer = BatchMixer(cfg.mix, cfg.mix_prob, cfg.mix_alpha, tasks=cfg.mix_tasks) if cfg.mix != "none" else None
     mask_view = MaskView(cfg.mask_view) if cfg.mask_view != "none" else None
     train_ds = ImageArrayDataset(train_images, targets, create_train_transform(cfg.augment))
