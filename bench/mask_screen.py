@@ -60,6 +60,8 @@ CANDIDATES = {
     "nomix": dict(mix="none", mix_tasks="all"),  # the reframing alone: does the left/right cut still help the mask task?
     "mix1.0": dict(mix_prob=1.0),  # the cut helps real photos: on every batch rather than half
     "cutmix": dict(mix="cutmix"),  # patches of another face anywhere, not only its other half
+    # 128 px reads uncovered noses but loses small blurred crowd faces: the resolution loss may win those back
+    "128px_lowres": dict(mask_size=128, mask_view="reframe_lowres"),
 }
 
 
@@ -81,8 +83,16 @@ def mask_probs(net, images: np.ndarray, size: int, batch: int = 64) -> np.ndarra
     return np.concatenate(out)
 
 
-def screen_fold(cfg: Config, table, images, real_images, real, k: int, name: str) -> list[dict]:
-    """Trains fold k's mask backbone as `cfg` says; one row per epoch (EMA weights), labelled `name`."""
+def score_row(name: str, k: int, epoch: int, seconds: float, val_p, val_mask, real_p, real) -> dict:
+    """One table row: validation mask accuracy and real-photo F1 of mask probabilities."""
+    return {"candidate": name, "fold": k, "epoch": epoch, "train_s": round(seconds, 1),
+            "val_acc_mask": float((val_p.argmax(1) == val_mask).mean()),
+            **real_mask_f1(real["mask"].to_numpy(), real_p.argmax(1), real["source"].to_numpy())}
+
+
+def screen_fold(cfg: Config, table, images, real_images, real, k: int, name: str) -> tuple[list[dict], dict]:
+    """Trains fold k's mask backbone as `cfg` says; one row per epoch (EMA weights), labelled `name`, and the last
+    epoch's mask probabilities on the validation persons and the real photos (for soft votes of candidates)."""
     seed_everything(cfg.training_seed)
     is_val = (table["fold"] == k).to_numpy()
     train_t, train_x = targets_of(table[~is_val]), images[~is_val]
@@ -119,14 +129,42 @@ def screen_fold(cfg: Config, table, images, real_images, real, k: int, name: str
             scheduler.step()
             ema.update_parameters(net)
         seconds = time.perf_counter() - start
-        scored = ema.module
-        val_acc = float((mask_probs(scored, val_x, cfg.mask_size).argmax(1) == val_mask).mean())
-        row = {"candidate": name, "fold": k, "epoch": epoch + 1, "train_s": round(seconds, 1), "val_acc_mask": val_acc,
-               **real_mask_f1(real["mask"].to_numpy(), mask_probs(scored, real_images, cfg.mask_size).argmax(1),
-                                   real["source"].to_numpy())}
-        print(" ".join(f"{c}={v:.3f}" if isinstance(v, float) else f"{c}={v}" for c, v in row.items()), flush=True)
-        rows.append(row)
+        probs = {"val": mask_probs(ema.module, val_x, cfg.mask_size),
+                 "real": mask_probs(ema.module, real_images, cfg.mask_size)}
+        rows.append(score_row(name, k, epoch + 1, seconds, probs["val"], val_mask, probs["real"], real))
+        print_row(rows[-1])
+    return rows, probs
+
+
+def print_row(row: dict) -> None:
+    print(" ".join(f"{c}={v:.3f}" if isinstance(v, float) else f"{c}={v}" for c, v in row.items()), flush=True)
+
+
+def vote_rows(vote: str, probs_dir: Path, table, real, epochs: pd.DataFrame) -> list[dict]:
+    """Rows of a soft vote `A+B`: the members' last-epoch probabilities averaged, on every fold all of them ran."""
+    members = vote.split("+")
+    rows = []
+    for k in sorted(table["fold"].unique()):
+        files = [probs_dir / f"{m}_f{k}.npz" for m in members]
+        if not all(f.exists() for f in files):
+            continue
+        saved = [np.load(f) for f in files]
+        last = epochs[epochs["candidate"].isin(members) & (epochs["fold"] == k)]
+        seconds = last.groupby("candidate")["train_s"].last().sum()
+        val_mask = table[table["fold"] == k]["mask"].to_numpy()
+        rows.append(score_row(vote, int(k), int(last["epoch"].max()), seconds,
+                              np.mean([s["val"] for s in saved], 0), val_mask,
+                              np.mean([s["real"] for s in saved], 0), real))
+        print_row(rows[-1])
     return rows
+
+
+def merged(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """`old`'s rows with the candidate-folds that `new` holds replaced by it."""
+    if new.empty or old.empty:
+        return new if old.empty else old
+    ran = old.set_index(["candidate", "fold"]).index.isin(new.set_index(["candidate", "fold"]).index)
+    return pd.concat([old[~ran], new], ignore_index=True)
 
 
 def main(argv=None) -> None:
@@ -137,12 +175,16 @@ def main(argv=None) -> None:
     ap.add_argument("--real", default=str(REALMASK), help="CSV of path, mask, source (paths relative to it)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config overrides of every candidate (e.g. a tiny backbone for a smoke run)")
+    ap.add_argument("--vote", nargs="*", default=[], metavar="A+B",
+                    help="soft votes of candidates' last epochs, scored on every fold whose members all ran")
+    ap.add_argument("--probs", default=str(ROOT / "runs" / "mask_screen"),
+                    help="folder of each candidate and fold's last-epoch probabilities, which the votes read")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "mask_screen"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     base = Config().updated({**PER_TASK, "data_dir": args.data, "device": "cpu", **parse_overrides(args.set)})
-    names = args.candidates.split(",")
-    unknown = sorted(set(names) - set(CANDIDATES))
+    names = [n for n in args.candidates.split(",") if n]  # none: only score --vote from saved probabilities
+    unknown = sorted(set(names + [m for v in args.vote for m in v.split("+")]) - set(CANDIDATES))
     if unknown:
         raise SystemExit(f"unknown candidate(s) {unknown}; known: {', '.join(CANDIDATES)}")
     configs = {name: base.updated(CANDIDATES[name], source=f"candidate {name}") for name in names}  # fail before work
@@ -150,17 +192,19 @@ def main(argv=None) -> None:
     real_csv = Path(args.real)
     real = pd.read_csv(real_csv)
     real_images = load_images([str(real_csv.parent / p) for p in real["path"]], base.img_size)[0]
+    probs_dir = Path(args.probs)
+    probs_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in names:
         for k in (int(f) for f in args.folds.split(",")):
-            rows += screen_fold(configs[name], table, images, real_images, real, k, name)
+            fold_rows, probs = screen_fold(configs[name], table, images, real_images, real, k, name)
+            rows += fold_rows
+            np.savez(probs_dir / f"{name}_f{k}.npz", **probs)
     out = Path(args.out)
     epochs_csv = out.with_name(out.name + "_epochs.csv")
-    df = pd.DataFrame(rows)
-    if epochs_csv.exists():
-        old = pd.read_csv(epochs_csv)
-        ran = old.set_index(["candidate", "fold"]).index.isin(df.set_index(["candidate", "fold"]).index)
-        df = pd.concat([old[~ran], df], ignore_index=True)
+    df = merged(pd.read_csv(epochs_csv) if epochs_csv.exists() else pd.DataFrame(), pd.DataFrame(rows))
+    for vote in args.vote:
+        df = merged(df, pd.DataFrame(vote_rows(vote, probs_dir, table, real, df)))
     df.to_csv(epochs_csv, index=False)
     last = df[df["epoch"] == df.groupby(["candidate", "fold"])["epoch"].transform("max")]
     summary = last.drop(columns=["fold", "epoch"]).groupby("candidate", sort=False).mean().reset_index()

@@ -253,14 +253,22 @@ def test_the_mask_screen_trains_each_candidate_and_keeps_earlier_rows(tmp_path, 
     tiny = ["backbone=test_efficientnet", "pretrained=none", "img_size=48", "mask_size=32", "epochs=2",
             "batch_size=16", "n_folds=4", "image_cache="]
     out = tmp_path / "screen"
-    args = ["--data", str(sample_dir), "--real", str(real), "--folds", "0", "--out", str(out), "--set", *tiny]
+    args = ["--data", str(sample_dir), "--real", str(real), "--folds", "0", "--out", str(out),
+            "--probs", str(tmp_path / "probs"), "--set", *tiny]
     mask_screen.main(["--candidates", "reframe,lowres", *args])
     mask_screen.main(["--candidates", "nomix", *args])  # a later command adds its candidates to the table
+    # a vote of two candidates' saved probabilities, twice: the second replaces the first's row
+    for _ in range(2):
+        mask_screen.main(["--candidates", "", "--vote", "reframe+nomix", *args])
     epochs = pd.read_csv(tmp_path / "screen_epochs.csv")
     assert sorted(epochs.groupby(["candidate", "fold"]).size().items()) == [
-        (("lowres", 0), 2), (("nomix", 0), 2), (("reframe", 0), 2)]
+        (("lowres", 0), 2), (("nomix", 0), 2), (("reframe", 0), 2), (("reframe+nomix", 0), 1)]
+    last = epochs[epochs["epoch"] == 2].set_index("candidate")
+    assert last.loc["reframe+nomix", "train_s"] == pytest.approx(last.loc[["reframe", "nomix"], "train_s"].sum())
     summary = pd.read_csv(out.with_suffix(".csv"))
-    assert list(summary["candidate"]) == ["reframe", "lowres", "nomix"]
+    assert list(summary["candidate"]) == ["reframe", "lowres", "nomix", "reframe+nomix"]
     scores = summary[["val_acc_mask", "real_mask_f1", "real_mask_f1_a", "real_mask_f1_b"]]
     assert scores.apply(lambda c: c.between(0, 1)).all().all()
-    assert "| nomix" in out.with_suffix(".md").read_text()
+    assert "| reframe+nomix" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="unknown candidate"):  # a vote of an unknown candidate fails before work
+        mask_screen.main(["--candidates", "", "--vote", "reframe+big", *args])
