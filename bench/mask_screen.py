@@ -4,9 +4,9 @@
 
 A per-task model's mask backbone trains apart from the gender and age ones (its own batch view, mixer and head),
 so what a change to the mask task's training buys on real photos can be screened at a sixth of the full run's
-cost (about 6 minutes a fold on 2 CPU cores): the same data order, light augmentation, left/right cut on the mask
-task, EMA, schedule and 96 px input as the `per-task` preset (bench/quality.py's
-default+separate-maskmix-reframe), with a CANDIDATE's overrides of the mask task. Each epoch's EMA weights are
+cost (5-8 minutes a fold on 2 CPU cores): the same data order, light augmentation, left/right cut on the mask
+task, EMA and schedule as the `per-task` preset (bench/quality.py's default+separate-maskmix-reframe128), with a
+CANDIDATE's overrides of the mask task (its input size among them). Each epoch's EMA weights are
 scored on the fold's validation persons (mask accuracy) and on ../shared/data/realmask-dev (macro F1, per state
 and per source: development photos, never trained on). A candidate that wins here is confirmed by training the
 full per-task variant with bench/quality.py.
@@ -53,13 +53,14 @@ from mcls.train.sampling import epoch_order
 # the per-task preset's keys (mcls/presets/per-task.yaml) on the package defaults
 PER_TASK = read_yaml_keys("per-task")[1]
 # overrides of the mask task's training, each on PER_TASK
-CANDIDATES = {
-    "reframe": {},  # the per-task preset as it is
-    "lowres": dict(mask_view="reframe_lowres"),  # real crops are often small blurred faces; the data's are sharp
-    "128px": dict(mask_size=128),  # more detail for a nose left uncovered
-    "nomix": dict(mix="none", mix_tasks="all"),  # the reframing alone: does the left/right cut still help the mask task?
-    "mix1.0": dict(mix_prob=1.0),  # the cut helps real photos: on every batch rather than half
-    "cutmix": dict(mix="cutmix"),  # patches of another face anywhere, not only its other half
+CANDIDATES = {  # each names its mask size: the preset's changed from 96 to 128 px after this screen
+    "reframe": dict(mask_size=96),  # the per-task preset until 2026-12-02
+    "lowres": dict(mask_size=96, mask_view="reframe_lowres"),  # real crops are often small blurred faces; ours are sharp
+    "128px": dict(mask_size=128),  # more detail for a nose left uncovered: the preset since 2026-12-02
+    # the reframing alone: does the left/right cut still help the mask task?
+    "nomix": dict(mask_size=96, mix="none", mix_tasks="all"),
+    "mix1.0": dict(mask_size=96, mix_prob=1.0),  # the cut helps real photos: on every batch rather than half
+    "cutmix": dict(mask_size=96, mix="cutmix"),  # patches of another face anywhere, not only its other half
     # 128 px reads uncovered noses but loses small blurred crowd faces: the resolution loss may win those back
     "128px_lowres": dict(mask_size=128, mask_view="reframe_lowres"),
 }
