@@ -150,10 +150,10 @@ def vote_rows(vote: str, probs_dir: Path, table, real, epochs: pd.DataFrame) -> 
         if not all(f.exists() for f in files):
             continue
         saved = [np.load(f) for f in files]
-        last = epochs[epochs["candidate"].isin(members) & (epochs["fold"] == k)]
-        seconds = last.groupby("candidate")["train_s"].last().sum()
+        ran = epochs[epochs["candidate"].isin(members) & (epochs["fold"] == k)]
+        last = ran[ran["epoch"] == ran.groupby("candidate")["epoch"].transform("max")]  # whose probabilities are saved
         val_mask = table[table["fold"] == k]["mask"].to_numpy()
-        rows.append(score_row(vote, int(k), int(last["epoch"].max()), seconds,
+        rows.append(score_row(vote, int(k), int(last["epoch"].max()), last["train_s"].sum(),
                               np.mean([s["val"] for s in saved], 0), val_mask,
                               np.mean([s["real"] for s in saved], 0), real))
         print_row(rows[-1])
@@ -183,12 +183,15 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "mask_screen"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    base = Config().updated({**PER_TASK, "data_dir": args.data, "device": "cpu", **parse_overrides(args.set)})
+    sets = parse_overrides(args.set)
+    base = Config().updated({**PER_TASK, "data_dir": args.data, "device": "cpu", **sets})
     names = [n for n in args.candidates.split(",") if n]  # none: only score --vote from saved probabilities
     unknown = sorted(set(names + [m for v in args.vote for m in v.split("+")]) - set(CANDIDATES))
     if unknown:
         raise SystemExit(f"unknown candidate(s) {unknown}; known: {', '.join(CANDIDATES)}")
-    configs = {name: base.updated(CANDIDATES[name], source=f"candidate {name}") for name in names}  # fail before work
+    # --set beats a candidate's own keys (a smoke run's tiny mask size too); built now, so a bad key fails before work
+    configs = {name: base.updated(CANDIDATES[name], source=f"candidate {name}").updated(sets, source="--set")
+               for name in names}
     table, images = load_training_data(base)
     real_csv = Path(args.real)
     real = pd.read_csv(real_csv)

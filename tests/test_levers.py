@@ -233,7 +233,7 @@ def test_a_per_task_run_trains_saves_and_serves_as_one_run(tiny_cfg):
     assert probs.shape == (4, 18) and np.allclose(probs.sum(1), 1, atol=1e-4)
 
 
-def test_the_mask_screen_trains_each_candidate_and_keeps_earlier_rows(tmp_path, sample_dir):
+def test_the_mask_screen_trains_each_candidate_and_keeps_earlier_rows(tmp_path, sample_dir, monkeypatch):
     import sys
 
     import pandas as pd
@@ -255,8 +255,13 @@ def test_the_mask_screen_trains_each_candidate_and_keeps_earlier_rows(tmp_path, 
     out = tmp_path / "screen"
     args = ["--data", str(sample_dir), "--real", str(real), "--folds", "0", "--out", str(out),
             "--probs", str(tmp_path / "probs"), "--set", *tiny]
+    trained = []
+    screen_fold = mask_screen.screen_fold
+    monkeypatch.setattr(mask_screen, "screen_fold", lambda cfg, *a: trained.append(cfg) or screen_fold(cfg, *a))
     mask_screen.main(["--candidates", "reframe,lowres", *args])
     mask_screen.main(["--candidates", "nomix", *args])  # a later command adds its candidates to the table
+    # --set beats the candidates' own mask size (96 px); their other keys still act
+    assert [(c.mask_size, c.mask_view) for c in trained] == [(32, "reframe"), (32, "reframe_lowres"), (32, "reframe")]
     # a vote of two candidates' saved probabilities, twice: the second replaces the first's row
     for _ in range(2):
         mask_screen.main(["--candidates", "", "--vote", "reframe+nomix", *args])
