@@ -121,3 +121,29 @@ def test_face_weight_out_of_range_is_refused():
 def test_encode_decode_round_trip_used_by_blend():
     c = np.arange(NUM_CLASSES)
     assert np.array_equal(encode(*decode(c)), c)
+
+
+def test_the_fusion_screen_scores_every_arm_on_a_trained_run(trained_run, tmp_path):
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import face_fusion
+
+    rng = np.random.default_rng(1)
+    (mask, gender, age), probs = factorised(5, rng)
+    assert np.allclose(face_fusion.class_probs(mask, gender, age), probs)  # the labels' class order
+    shared = face_fusion.per_person(rng.random((4, 2)), np.array(["a", "b", "a", "b"]))
+    assert np.allclose(shared[0], shared[2]) and np.allclose(shared[1], shared[3])
+
+    face_fusion.main(["--data", str(SAMPLE), "--run", str(trained_run), "--C", "0.01,1", "--out", str(tmp_path)])
+    rows = pd.read_csv(tmp_path / "face_fusion.csv")
+    arms = {("net", 0.0), ("late (face_weight 0.5)", 0.0), ("refit", 0.01), ("refit", 1.0), ("fused", 0.01),
+            ("fused", 1.0)}  # C 0: no refitted head
+    for view in ("as is", "+persons"):
+        got = rows[(rows["view"] == view) & (rows["fold"] == 0)]
+        assert set(zip(got["arm"], got["C"].fillna(0.0))) == arms
+        assert got[["f1", "acc_gender", "acc_age"]].apply(lambda c: c.between(0, 1)).all().all()
+    text = (tmp_path / "face_fusion.md").read_text()
+    assert "bench/face_fusion.py --data" in text and "| fused" in text
