@@ -157,7 +157,6 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
     command = " ".join([".venv/bin/python", "bench/face_fusion.py", *(argv or sys.argv[1:])])
-    torch.set_grad_enabled(False)
 
     run = Run.open(args.run)
     cfg = run.config

@@ -126,6 +126,7 @@ def test_encode_decode_round_trip_used_by_blend():
 def test_the_fusion_screen_scores_every_arm_on_a_trained_run(trained_run, tmp_path):
     import sys
 
+    import torch
     from conftest import ROOT
 
     sys.path.insert(0, str(ROOT / "bench"))
@@ -145,5 +146,6 @@ def test_the_fusion_screen_scores_every_arm_on_a_trained_run(trained_run, tmp_pa
         got = rows[(rows["view"] == view) & (rows["fold"] == 0)]
         assert set(zip(got["arm"], got["C"].fillna(0.0))) == arms
         assert got[["f1", "acc_gender", "acc_age"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert torch.is_grad_enabled()  # the screen's no-grad stays inside it: later tests train in this process
     text = (tmp_path / "face_fusion.md").read_text()
     assert "bench/face_fusion.py --data" in text and "| fused" in text
