@@ -4,7 +4,9 @@ from __future__ import annotations
 import platform
 import threading
 import time
+from pathlib import Path
 
+import pandas as pd
 import torch
 
 
@@ -12,6 +14,17 @@ def machine() -> str:
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU {platform.processor() or ''}".strip()
     return (f"{platform.node()} ({dev}, {torch.get_num_threads()} torch threads), torch {torch.__version__}, "
             f"python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def write_result(out: str | Path, name: str, per_row: pd.DataFrame, title: str, command: str, body: str) -> str:
+    """Writes `name`.csv (the rows) and `name`.md (title, machine, command, then `body`) under `out`; returns the
+    markdown, which the benchmark also prints."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_row.to_csv(out / f"{name}.csv", index=False)
+    text = f"# {title}\n\nmachine: {machine()}\n\ncommand: `{command}`\n\n{body}"
+    (out / f"{name}.md").write_text(text)
+    return text
 
 
 class ActiveClock:

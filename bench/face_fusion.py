@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import machine
+from common import write_result
 
 from mcls.data.cache import cached_images
 from mcls.data.embeddings import face_descriptors
@@ -172,18 +172,15 @@ def main(argv=None):
             .agg(folds=("fold", "nunique"), **{m: (m, "mean") for m in ("f1", "acc_gender", "acc_age", "f1_age",
                                                                          "f1_old")})
             .reset_index().sort_values(["view", "f1"], ascending=[True, False]))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    per_fold.to_csv(out / "face_fusion.csv", index=False)
-    text = (f"# The face prior fused into the gender and age heads, against averaged after them\n\n"
-            f"machine: {machine()}\n\ncommand: `{command}`\n\n"
-            f"Run `{args.run}` (folds {folds}); its networks frozen. `net`: the network's own heads; `late`: the "
-            "served blend with the dlib expert at face_weight 0.5; `refit`: gender and age heads refitted by "
-            "logistic regression (inverse L2 strength C) on the network's pooled features of the fold's training "
-            "persons; `fused`: the same on those features beside the standardised dlib descriptor. The mask head is "
-            "the network's in every arm. Mean over folds; per fold in face_fusion.csv.\n\n"
-            + mean.to_markdown(index=False, floatfmt=".4f") + "\n")
-    (out / "face_fusion.md").write_text(text)
+    text = write_result(
+        args.out, "face_fusion", per_fold, "The face prior fused into the gender and age heads, against averaged "
+        "after them", command,
+        f"Run `{args.run}` (folds {folds}); its networks frozen. `net`: the network's own heads; `late`: the "
+        "served blend with the dlib expert at face_weight 0.5; `refit`: gender and age heads refitted by "
+        "logistic regression (inverse L2 strength C) on the network's pooled features of the fold's training "
+        "persons; `fused`: the same on those features beside the standardised dlib descriptor. The mask head is "
+        "the network's in every arm. Mean over folds; per fold in face_fusion.csv.\n\n"
+        + mean.to_markdown(index=False, floatfmt=".4f") + "\n")
     print(text)
 
 

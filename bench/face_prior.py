@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import machine
+from common import write_result
 
 from mcls.data.embeddings import face_descriptors
 from mcls.data.faces import CropSettings, detect_faces
@@ -81,18 +81,15 @@ def main(argv=None):
     folds = pd.DataFrame([r for c in args.C.split(",") for r in expert_scores(table, descriptors, float(c))])
     means = folds.drop(columns="fold").groupby("C").mean().reset_index()
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    folds.to_csv(out / "face_prior.csv", index=False)
-    text = (f"# The dlib face prior alone\n\nmachine: {machine()}\n\ncommand: `{command}`\n\n"
-            f"Descriptor extraction (5-point landmarks + dlib ResNet, face boxes from the MTCNN cache, cache off): "
-            f"{fast['ms_per_image']} ms per image ({fast['images']} images in {fast['seconds']} s, one process). "
-            f"All {len(table)} training images' descriptors read back from the cache in {fetch:.1f} s.\n\n"
-            "The expert (mcls/infer/face_expert.py: standardised descriptor -> logistic regression per head) fitted "
-            "on 4 folds and scored per image on the 5th, mean over the 5 person-held-out folds (the quality bench's "
-            "split); no network involved. `acc_age_masked`/`unmasked`: on images with a correctly worn mask vs the "
-            "others.\n\n" + means.round(4).to_markdown(index=False) + "\n")
-    (out / "face_prior.md").write_text(text)
+    text = write_result(
+        args.out, "face_prior", folds, "The dlib face prior alone", command,
+        f"Descriptor extraction (5-point landmarks + dlib ResNet, face boxes from the MTCNN cache, cache off): "
+        f"{fast['ms_per_image']} ms per image ({fast['images']} images in {fast['seconds']} s, one process). "
+        f"All {len(table)} training images' descriptors read back from the cache in {fetch:.1f} s.\n\n"
+        "The expert (mcls/infer/face_expert.py: standardised descriptor -> logistic regression per head) fitted "
+        "on 4 folds and scored per image on the 5th, mean over the 5 person-held-out folds (the quality bench's "
+        "split); no network involved. `acc_age_masked`/`unmasked`: on images with a correctly worn mask vs the "
+        "others.\n\n" + means.round(4).to_markdown(index=False) + "\n")
     print(text)
 
 
