@@ -44,6 +44,7 @@ from mcls.infer import face_expert
 from mcls.labels import NUM_CLASSES, decode, near_edge
 from mcls.metrics import score
 from mcls.model.checkpoint import load_checkpoint
+from mcls.model.classifier import head_probs
 from mcls.runs.layout import Run
 
 HEADS = ("gender", "age")
@@ -120,24 +121,26 @@ def fold_rows(run: Run, k: int, table: pd.DataFrame, desc: np.ndarray, cs: list[
     rows = scores("net", np.nan, k, labels, mask, own["gender"][val], own["age"][val], persons)
 
     expert = face_expert.fit_expert(desc[train], table[train])
-    blended = face_expert.blend(class_probs(mask, own["gender"][val], own["age"][val]),
-                                face_expert.expert_probs(expert, desc[val]), 0.5).reshape(-1, 3, 2, 3)
-    rows += scores("late (face_weight 0.5)", np.nan, k, labels, mask, blended.sum((1, 3)), blended.sum((1, 2)),
-                   persons)
+    blended = head_probs(torch.from_numpy(face_expert.blend(class_probs(mask, own["gender"][val], own["age"][val]),
+                                                            face_expert.expert_probs(expert, desc[val]), 0.5)))
+    rows += scores("late (face_weight 0.5)", np.nan, k, labels, mask, blended["gender"].numpy(),
+                   blended["age"].numpy(), persons)
 
     has_desc = np.abs(desc).sum(1) > 0
     d_train, d_val = standardise(desc[train & has_desc], desc[val])
     d_all = np.zeros_like(desc)
     d_all[train & has_desc], d_all[val] = d_train, d_val
     d_all[~has_desc] = 0  # no face found: the descriptor says nothing
+    inputs = {}  # head -> arm -> (training rows, validation rows), standardised on the training rows
+    for head in HEADS:
+        f_train, f_val = standardise(head_input(model, feats, head)[train], head_input(model, feats, head)[val])
+        inputs[head] = {"refit": (f_train, f_val),
+                        "fused": (np.hstack([f_train, d_all[train]]), np.hstack([f_val, d_all[val]]))}
     for c in cs:
         fitted = {"refit": {}, "fused": {}}
         for head in HEADS:
-            f_train, f_val = standardise(head_input(model, feats, head)[train], head_input(model, feats, head)[val])
             y = table["gender" if head == "gender" else "age_band_train"].to_numpy()[train]
-            for arm, (xt, xv) in {"refit": (f_train, f_val),
-                                  "fused": (np.hstack([f_train, d_all[train]]), np.hstack([f_val, d_all[val]]))
-                                  }.items():
+            for arm, (xt, xv) in inputs[head].items():
                 lr = fit_lr(xt, y, c)
                 p = np.zeros((len(xv), 2 if head == "gender" else 3))
                 p[:, lr.classes_.astype(int)] = lr.predict_proba(xv)
