@@ -1,0 +1,118 @@
+"""The leak guard: external faces that show a competition person are dropped before any training.
+
+An external face-age set may hold another photo of a person in the competition's own train or eval images; trained
+on, it would carry that person's labels into validation or the test set. Every external face is compared with
+every competition face by two checks:
+
+- the same person: dlib's 128-d face descriptors (mcls.data.embeddings, cached by file content) closer than
+  `threshold` (Euclidean distance between the unit-length descriptors the kit keeps; dlib's own same-person rule
+  is 0.6 between its raw descriptors, which are about 1.44 long on these faces, so 0.6 / 1.44 ~ 0.42 here);
+- the same photo: a 64-bit difference hash of the grayscale picture, in both orientations, within a few bits, which
+  catches copies that were flipped, resized or re-encoded even where no face descriptor could be computed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from mcls.data.faces import CropSettings
+from mcls.data.images import BadImageError, load_resized
+
+# dlib's 0.6 in the kit's unit-length units (raw descriptors of data/sample's faces: 1.36-1.60 long, mean 1.44)
+DEFAULT_THRESHOLD = 0.4
+HASH_BITS = 6  # of 64: how far two difference hashes of one photo may drift through resizing and JPEG
+
+
+@dataclass
+class LeakReport:
+    """What the guard found: the external rows kept, the matched pairs (external path, competition path, descriptor
+    distance, hash bits apart, which check matched), each external face's distance to its nearest competition face
+    (inf where dlib read no face), and the threshold used."""
+
+    kept: pd.DataFrame
+    pairs: pd.DataFrame
+    nearest: np.ndarray
+    threshold: float
+
+    @property
+    def n_external(self) -> int:
+        return len(self.nearest)
+
+    @property
+    def n_dropped(self) -> int:
+        return self.n_external - len(self.kept)
+
+    def line(self) -> str:
+        return (f"dropped {self.n_dropped} of {self.n_external} external faces that match competition persons "
+                f"(threshold {self.threshold:g})")
+
+
+def photo_hash(path) -> tuple[int, int]:
+    """(hash, hash of the mirror image): 64-bit difference hashes of the photo at 9 x 8 grayscale; (-1, -1) if it
+    cannot be read."""
+    try:
+        arr = load_resized(path, 64).astype(np.float32).mean(-1)
+    except BadImageError:
+        return -1, -1
+    small = arr.reshape(8, 8, 8, 8).mean((1, 3))  # 8 x 8 block means; a 9th column comes from the mirror's edge
+    out = []
+    for img in (small, small[:, ::-1]):
+        bits = (img[:, 1:] > img[:, :-1]).flatten()  # 8 x 7 = 56 bits of left-to-right gradient ...
+        bits = np.concatenate([bits, img[1:, 0] > img[:-1, 0]])  # ... and 7 of the first column's vertical one
+        out.append(int("".join("1" if b else "0" for b in bits), 2))
+    return out[0], out[1]
+
+
+def _hash_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) bits apart; unreadable photos (-1) are never close."""
+    x = np.bitwise_xor(a[:, None].astype(np.uint64), b[None, :].astype(np.uint64))
+    bits = np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
+    bad = (a[:, None] < 0) | (b[None, :] < 0)
+    return np.where(bad, 64, bits)
+
+
+def guard(external: pd.DataFrame, competition_paths, threshold: float = DEFAULT_THRESHOLD,
+          settings: CropSettings = CropSettings(), cache_dir: str | None = None, chunk: int = 2048) -> LeakReport:
+    """Compares every external face (a read_external table) with every competition photo; returns what is kept and
+    the matched pairs. Descriptors come from the cache when they were computed before."""
+    from mcls.data.embeddings import face_descriptors
+
+    competition_paths = [str(p) for p in competition_paths]
+    ext_paths = external["path"].astype(str).tolist()
+    ext_desc = face_descriptors(ext_paths, settings, cache_dir)
+    comp_desc = face_descriptors(competition_paths, settings, cache_dir)
+    ext_hash = np.array([photo_hash(p) for p in ext_paths], dtype=np.int64).reshape(-1, 2)
+    comp_hash = np.array([photo_hash(p)[0] for p in competition_paths], dtype=np.int64)
+    # a zero row is a face dlib could not read: it must not match another zero row
+    ext_ok, comp_ok = np.abs(ext_desc).sum(1) > 0, np.abs(comp_desc).sum(1) > 0
+    nearest = np.full(len(ext_paths), -1)
+    dist = np.full(len(ext_paths), np.inf, dtype=np.float32)
+    bits = np.full(len(ext_paths), 64)
+    for start in range(0, len(ext_paths), chunk):
+        rows = slice(start, start + chunk)
+        d = np.sqrt(np.clip(2 - 2 * ext_desc[rows] @ comp_desc.T, 0, None))
+        d[~ext_ok[rows]] = np.inf
+        d[:, ~comp_ok] = np.inf
+        h = np.minimum(_hash_distance(ext_hash[rows, 0], comp_hash), _hash_distance(ext_hash[rows, 1], comp_hash))
+        nearest[rows], dist[rows], bits[rows] = d.argmin(1), d.min(1), h.min(1)
+        same_photo = h.min(1) <= HASH_BITS
+        nearest[rows] = np.where(same_photo & (d.min(1) >= threshold), h.argmin(1), nearest[rows])
+    by_face, by_photo = dist < threshold, bits <= HASH_BITS
+    matched = by_face | by_photo
+    pairs = pd.DataFrame({"external": np.asarray(ext_paths)[matched],
+                          "competition": np.asarray(competition_paths)[nearest[matched]],
+                          "distance": dist[matched].round(4), "hash_bits": bits[matched],
+                          "match": np.where(by_face[matched], "face", "photo")})
+    return LeakReport(external[~matched].reset_index(drop=True), pairs.sort_values("distance").reset_index(drop=True),
+                      dist, threshold)
+
+
+def competition_photos(data_dir) -> list[str]:
+    """Every photo the competition data holds a face in: each training person's `normal` photo (the other six are
+    the same photo with a mask) and every eval image."""
+    from mcls.data.table import load_eval_table, load_train_table
+
+    train = load_train_table(data_dir)
+    return [*train.loc[train["stem"] == "normal", "path"].astype(str), *load_eval_table(data_dir)["path"].astype(str)]

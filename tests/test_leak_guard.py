@@ -1,0 +1,62 @@
+"""The leak guard (mcls.data.leak_guard): a competition face planted among external faces is dropped however it was
+copied, and a stranger's face is kept."""
+import numpy as np
+import pytest
+from conftest import SAMPLE
+from PIL import Image
+
+from mcls.data import embeddings
+from mcls.data.external import read_external
+from mcls.data.faces import CropSettings
+from mcls.data.leak_guard import competition_photos, guard, photo_hash
+
+pytestmark = pytest.mark.skipif(not embeddings.available(), reason="dlib and its model files are not installed")
+
+
+def _plant(tmp_path):
+    """An external folder: one sample person's photo four ways (as is, mirrored, resized, re-encoded) and a stranger
+    (the astronaut portrait scikit-image ships, cut to her face)."""
+    from skimage.data import astronaut
+
+    normal = next(SAMPLE.glob("train/images/*/normal.*"))
+    face = Image.open(normal).convert("RGB")
+    ext = tmp_path / "external"
+    ext.mkdir()
+    face.save(ext / "52_0_3_20170101000001.jpg", quality=95)
+    face.transpose(Image.FLIP_LEFT_RIGHT).save(ext / "52_0_3_20170101000002.jpg", quality=95)
+    face.resize((123, 123), Image.BILINEAR).save(ext / "52_0_3_20170101000003.jpg", quality=95)
+    face.save(ext / "52_0_3_20170101000004.jpg", quality=40)
+    Image.fromarray(astronaut()[20:260, 140:340]).resize((200, 200)).save(ext / "45_1_0_20170101000005.jpg")
+    return ext, normal
+
+
+def test_a_planted_competition_face_is_dropped_however_copied_and_a_stranger_is_kept(tmp_path):
+    ext, normal = _plant(tmp_path)
+    external = read_external(ext)
+    report = guard(external, competition_photos(SAMPLE), settings=CropSettings(cache_dir=str(tmp_path / "cache")))
+    assert report.n_external == 5 and report.n_dropped == 4
+    assert [p.split("/")[-1] for p in report.kept["path"]] == ["45_1_0_20170101000005.jpg"]
+    assert set(report.pairs["competition"]) == {str(normal)}
+    assert report.line() == (f"dropped 4 of 5 external faces that match competition persons "
+                             f"(threshold {report.threshold:g})")
+    # copies sit far inside the threshold, the stranger's nearest competition face outside it
+    assert report.nearest[1:].max() < report.threshold / 3 and report.nearest[0] > report.threshold + 0.02
+    # the descriptors are cached: a second pass computes none
+    cached = sorted((tmp_path / "cache").rglob("*.npy"))
+    assert len(cached) >= 5
+    mtimes = [p.stat().st_mtime_ns for p in cached]
+    guard(external, competition_photos(SAMPLE), settings=CropSettings(cache_dir=str(tmp_path / "cache")))
+    assert [p.stat().st_mtime_ns for p in cached] == mtimes
+
+
+def test_the_photo_hash_is_the_same_photo_through_flip_resize_and_jpeg(tmp_path):
+    ext, normal = _plant(tmp_path)
+    h0, h0_mirror = photo_hash(normal)
+    for name in ("52_0_3_20170101000002.jpg", "52_0_3_20170101000003.jpg", "52_0_3_20170101000004.jpg"):
+        h, _ = photo_hash(ext / name)
+        assert min(bin(h ^ h0).count("1"), bin(h ^ h0_mirror).count("1")) <= 6, name
+    stranger, _ = photo_hash(ext / "45_1_0_20170101000005.jpg")
+    assert bin(stranger ^ h0).count("1") > 12
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    assert photo_hash(bad) == (-1, -1)
