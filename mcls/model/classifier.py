@@ -17,8 +17,21 @@ from mcls.model.weights import (
     warn_no_offline_weights,
 )
 
-HEAD_TYPES = ("multi", "single", "separate")
+HEAD_TYPES = ("multi", "single", "separate", "mask_apart")
 TASKS = ("mask", "gender", "age")
+# Models with more than one backbone: which backbone (by name) each task reads. "mask" is always the mask task's own,
+# so mask_backbone, mask_size, mix_tasks and mask_view act on every one of them.
+TASK_BACKBONES = {
+    "separate": {"mask": "mask", "gender": "gender", "age": "age"},  # one backbone per task
+    # the mask task in a small backbone of its own (reframed, mixed, at mask_size), gender and age sharing one face
+    # backbone at img_size: the mask task's view and mixing help it and would cost gender and age on a shared one
+    "mask_apart": {"mask": "mask", "gender": "face", "age": "face"},
+}
+
+
+def has_mask_backbone(heads: str) -> bool:
+    """Whether the mask task has a backbone of its own under `heads` (its size, view and mixing are its own)."""
+    return heads in TASK_BACKBONES
 AGE_HEADS = ("band", "dist", "both")
 AGE_BINS = 100  # one bin per year of age 0..98, the last for 99 and over
 
@@ -38,9 +51,10 @@ class MaskClassifier(nn.Module):
     """Takes images as uint8 or float in [0, 1], NCHW; returns a dict of logits per head.
 
     heads="multi": {"mask": (N,3), "gender": (N,2), "age": (N,3)} from one backbone; heads="single":
-    {"class": (N,18)}; heads="separate": the multi outputs, each task from its own backbone (`backbones`, keyed
-    by task); the mask one may be another architecture and see the image at `mask_size` px, since mask state
-    needs far less detail than age. With an exact-age head (age_head dist or both) the outputs add "age_dist"
+    {"class": (N,18)}; heads="separate" and "mask_apart": the multi outputs from several backbones (`backbones`,
+    keyed by the names in TASK_BACKBONES: one per task, or the mask task's and a "face" one for gender and age);
+    the mask one may be another architecture and see the image at `mask_size` px, since mask state needs far less
+    detail than age. With an exact-age head (age_head dist or both) the outputs add "age_dist"
     (N, AGE_BINS) logits over years (and "age_band", the 3-way logits, for both); "age" is then the band
     log-probabilities they imply, so everything downstream of the model sees three heads as usual.
     """
@@ -52,16 +66,20 @@ class MaskClassifier(nn.Module):
             raise ValueError(f"unknown heads {heads!r}; valid: {HEAD_TYPES}")
         if age_head not in AGE_HEADS or (heads == "single" and age_head != "band"):
             raise ValueError(f"age_head {age_head!r} is not one of {AGE_HEADS} (an exact-age head needs three heads)")
-        if (heads == "separate") != isinstance(backbone, dict):
-            raise ValueError("heads='separate' takes one backbone per task (a dict keyed by task); the others take one")
+        groups = TASK_BACKBONES.get(heads)
+        if groups is not None and (not isinstance(backbone, dict) or set(backbone) != set(groups.values())):
+            raise ValueError(f"heads={heads!r} takes a dict of backbones keyed {sorted(set(groups.values()))}")
+        if groups is None and isinstance(backbone, dict):
+            raise ValueError(f"heads={heads!r} takes one backbone, not a dict")
         self.head_type, self.age_head, self.mask_size = heads, age_head, mask_size
-        if heads == "separate":
+        self.groups = groups
+        if groups is not None:
             self.backbones = nn.ModuleDict(backbone)
         else:
             self.backbone = backbone
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        if heads == "separate":  # the mask backbone may have been trained with another normalisation
+        if groups is not None:  # the mask backbone may have been trained with another normalisation
             m, sd = mask_norm or (mean, std)
             self.register_buffer("mask_mean", torch.tensor(m, dtype=torch.float32).view(1, 3, 1, 1))
             self.register_buffer("mask_std", torch.tensor(sd, dtype=torch.float32).view(1, 3, 1, 1))
@@ -76,10 +94,11 @@ class MaskClassifier(nn.Module):
         self.register_buffer("bin_band", age_bin_bands(age_bounds), persistent=False)
 
     def task_of(self, head: str) -> str:
-        """Which features a head reads: "all" from a shared backbone, else its task's ("age_dist" reads "age")."""
-        if self.head_type != "separate":
+        """Which features a head reads: "all" from a shared backbone, else its backbone's name ("age_dist" reads
+        the age task's)."""
+        if self.groups is None:
             return "all"
-        return "age" if head.startswith("age") else head
+        return self.groups.get("age" if head.startswith("age") else head, head)
 
     def backbone_for(self, head: str) -> nn.Module:
         """The backbone whose features a head reads."""
@@ -87,22 +106,23 @@ class MaskClassifier(nn.Module):
         if task == "all":
             return self.backbone
         if task not in self.backbones:
-            raise ValueError(f"a per-task model (heads='separate') has one backbone per task {TASKS}, "
-                             f"none for {head!r}: pick one of those heads")
+            raise ValueError(f"a model of several backbones (heads={self.head_type!r}) has one for each of the "
+                             f"tasks {TASKS}, none for {head!r}: pick one of those heads")
         return self.backbones[task]
 
     def normalise(self, x: torch.Tensor, task: str = "") -> torch.Tensor:
         x = unit_float(x)
-        if task == "mask" and self.head_type == "separate":
+        if task == "mask" and self.groups is not None:
             return (x - self.mask_mean) / self.mask_std
         return (x - self.mean) / self.std
 
     def features(self, x: torch.Tensor, task_inputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Pooled features per task ("all" for a shared backbone); `task_inputs` gives a task its own batch in
         place of x (training mixes the mask task's images only, train.mixing)."""
-        if self.head_type != "separate":
+        if self.groups is None:
             if task_inputs:
-                raise ValueError(f"per-task inputs {sorted(task_inputs)} need a per-task model (heads='separate')")
+                raise ValueError(f"per-task inputs {sorted(task_inputs)} need a mask backbone of its own "
+                                 f"(heads='separate' or 'mask_apart')")
             return {"all": self.dropout(self.backbone(self.normalise(x)))}
         out = {}
         for task, net in self.backbones.items():
@@ -178,17 +198,19 @@ def create_model(backbone: str = "tf_efficientnet_lite0", heads: str = "multi", 
                  mask_size: int = 0) -> MaskClassifier:
     """Builds a MaskClassifier; `pretrained` is offline | timm | none | a path to a state_dict of the backbone.
 
-    heads="separate" builds one backbone per task; the mask task's is `mask_backbone` ("" = the same
-    architecture) at `mask_size` px (0 = the input's size).
+    heads="separate" builds one backbone per task, "mask_apart" one for the mask task and one for gender and age
+    (TASK_BACKBONES); the mask task's is `mask_backbone` ("" = the same architecture) at `mask_size` px (0 = the
+    input's size).
     """
-    if heads != "separate":
+    if heads not in TASK_BACKBONES:
         net, mean, std = _timm_backbone(backbone, pretrained)
         return MaskClassifier(net, heads, mean, std, drop_rate, age_head, age_bounds)
     nets, norms = {}, {}
-    for task in TASKS:
-        name = mask_backbone if task == "mask" and mask_backbone else backbone
-        nets[task], *norms[task] = _timm_backbone(name, pretrained)
-    return MaskClassifier(nets, heads, *norms["age"], drop_rate, age_head, age_bounds, mask_size, norms["mask"])
+    for key in dict.fromkeys(TASK_BACKBONES[heads].values()):
+        name = mask_backbone if key == "mask" and mask_backbone else backbone
+        nets[key], *norms[key] = _timm_backbone(name, pretrained)
+    face = TASK_BACKBONES[heads]["age"]
+    return MaskClassifier(nets, heads, *norms[face], drop_rate, age_head, age_bounds, mask_size, norms["mask"])
 
 
 def model_from_config(cfg, pretrained: str | None = None) -> MaskClassifier:
