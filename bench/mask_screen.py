@@ -63,6 +63,10 @@ CANDIDATES = {  # each names its mask size: the preset's changed from 96 to 128 
     "cutmix": dict(mask_size=96, mix="cutmix"),  # patches of another face anywhere, not only its other half
     # 128 px reads uncovered noses but loses small blurred crowd faces: the resolution loss may win those back
     "128px_lowres": dict(mask_size=128, mask_view="reframe_lowres"),
+    # a smaller mask backbone, so that a model with the mask task apart costs little more than one backbone:
+    # mobilenetv2 trains about 2.5x as many images a second as lite0 at one size (bench/results/speed.md)
+    "mnv2_112": dict(mask_size=112, mask_backbone="mobilenetv2_100"),
+    "mnv2_128": dict(mask_size=128, mask_backbone="mobilenetv2_100"),
 }
 
 
@@ -99,7 +103,8 @@ def screen_fold(cfg: Config, table, images, real_images, real, k: int, name: str
     train_t, train_x = targets_of(table[~is_val]), images[~is_val]
     persons = pd.factorize(table[~is_val]["person"])[0]
     val_x, val_mask = images[is_val], table[is_val]["mask"].to_numpy()
-    net = create_model(cfg.backbone, "multi", cfg.pretrained, cfg.drop_rate)  # gender and age heads stay untrained
+    # the mask task's backbone alone, as the package builds it; gender and age heads stay untrained
+    net = create_model(cfg.mask_backbone or cfg.backbone, "multi", cfg.pretrained, cfg.drop_rate)
     ema = ema_model(net, cfg.ema_decay)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(cfg, optimizer, train_t, persons)
@@ -198,31 +203,38 @@ def main(argv=None) -> None:
     real_images = load_images([str(real_csv.parent / p) for p in real["path"]], base.img_size)[0]
     probs_dir = Path(args.probs)
     probs_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    out = Path(args.out)
+    command = "`.venv/bin/python bench/mask_screen.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`"
     for name in names:
         for k in (int(f) for f in args.folds.split(",")):
             fold_rows, probs = screen_fold(configs[name], table, images, real_images, real, k, name)
-            rows += fold_rows
             np.savez(probs_dir / f"{name}_f{k}.npz", **probs)
-    out = Path(args.out)
+            write_tables(out, pd.DataFrame(fold_rows), command)  # after every fold: a stopped screen keeps its rows
+    votes = [pd.DataFrame(vote_rows(vote, probs_dir, table, real, read_epochs(out))) for vote in args.vote]
+    print(write_tables(out, pd.concat(votes) if votes else pd.DataFrame(), command))
+
+
+def read_epochs(out: Path) -> pd.DataFrame:
     epochs_csv = out.with_name(out.name + "_epochs.csv")
-    df = merged(pd.read_csv(epochs_csv) if epochs_csv.exists() else pd.DataFrame(), pd.DataFrame(rows))
-    for vote in args.vote:
-        df = merged(df, pd.DataFrame(vote_rows(vote, probs_dir, table, real, df)))
-    df.to_csv(epochs_csv, index=False)
+    return pd.read_csv(epochs_csv) if epochs_csv.exists() else pd.DataFrame()
+
+
+def write_tables(out: Path, rows: pd.DataFrame, command: str) -> str:
+    """Merges `rows` into the epochs table and re-makes the summary (each candidate's last epoch over its folds)."""
+    df = merged(read_epochs(out), rows)
+    df.to_csv(out.with_name(out.name + "_epochs.csv"), index=False)
     last = df[df["epoch"] == df.groupby(["candidate", "fold"])["epoch"].transform("max")]
     summary = last.drop(columns=["fold", "epoch"]).groupby("candidate", sort=False).mean().reset_index()
     summary.insert(1, "folds", last.groupby("candidate", sort=False)["fold"].apply(
         lambda f: ",".join(map(str, sorted(f)))).to_numpy())
     summary.to_csv(out.with_suffix(".csv"), index=False)
-    command = "`.venv/bin/python bench/mask_screen.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`"
     text = (f"# Mask-task screen: the per-task model's mask backbone alone, last epoch\n\nmachine: {machine()}\n\n"
             f"Last command: {command}. Candidates are overrides of the per-task preset's mask task ({CANDIDATES}). "
             f"Real-photo columns are ../shared/data/realmask-dev (macro F1, per state, per "
             f"source); val_acc_mask is the fold's validation persons; train_s the last epoch's training seconds.\n\n"
             + summary.to_markdown(index=False, floatfmt=".3f") + "\n")
     out.with_suffix(".md").write_text(text)
-    print(text)
+    return text
 
 
 if __name__ == "__main__":
