@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import ActiveClock, machine  # noqa: E402
 
 from mcls.analysis.robustness import mask_robustness, real_mask_scores
-from mcls.config import Config
+from mcls.config import ONE_BACKBONE, Config
 from mcls.data.table import read_persons
 from mcls.infer import face_expert
 from mcls.infer.calibration import apply_age_bias, fit_age_bias
@@ -62,8 +62,13 @@ from mcls.train.run import fit_fold, load_training_data
 # The issue's plain fine-tune: packaged ImageNet weights, 128 px, three CE heads, AdamW + cosine, light aug.
 # Every training key the defaults may move is pinned, so a variant differs from PLAIN by its own overrides only.
 PLAIN = dict(backbone="tf_efficientnet_lite0", pretrained="offline", img_size=128, heads="multi", loss="ce",
-             augment="light", age_head="band", train_old_age=60, sampler="uniform", mix="none", ema_decay=0.0,
-             wear_per_person=5, epochs=6, batch_size=32, lr=1e-3, tta=False, person_consistent=False)
+             augment="light", age_head="band", train_old_age=60, sampler="uniform", ema_decay=0.0,
+             wear_per_person=5, epochs=6, batch_size=32, lr=1e-3, tta=False, person_consistent=False, **ONE_BACKBONE)
+
+# The package's model keys until 2026-12-03: one backbone, three heads, no mixing (mcls.config.ONE_BACKBONE). The
+# "default+..." variants below were measured on it; pinning it keeps what they train, and their rows' meaning, now
+# that the defaults give the mask task a backbone of its own. "multi-default" is that default itself.
+MULTI_DEFAULT = {"heads": "multi", **ONE_BACKBONE}
 
 VARIANTS = {
     "plain": {},
@@ -97,9 +102,11 @@ VARIANTS = {
     "default": None,  # the package's Config() defaults, whatever they are now
 }
 
-# Variants of the package's defaults rather than of PLAIN: what the shipped config gains from one more switch.
-ON_DEFAULT = {
-    "default+pseudo-val": dict(pseudo_label="validation", pseudo_run="@default", pseudo_threshold=0.9),
+# Variants of the package's defaults rather than of PLAIN: what the shipped config gains from one more switch (these
+# on the multi-head default of their time, MULTI_DEFAULT).
+ON_MULTI_DEFAULT = {
+    "multi-default": {},
+    "default+pseudo-val": dict(pseudo_label="validation", pseudo_run="@multi-default", pseudo_threshold=0.9),
     "default+lite1": dict(backbone="tf_efficientnet_lite1"),
     "default+seed7": dict(train_seed=7),  # the default again on the same folds: seed noise, and a seed ensemble
     "default+age-dist": dict(age_head="dist"),  # the exact-age head helped the plain and wear2 recipes: on the default?
@@ -122,15 +129,18 @@ ON_DEFAULT = {
     # the face probe's gender suspects reviewed by eye (3 of 8 flipped); scored on the labels as given, like eval
     "default+relabel": dict(relabel_file="data/relabel/utkmask-gender.csv"),
 }
+ON_DEFAULT = {
+    **{name: {**MULTI_DEFAULT, **keys} for name, keys in ON_MULTI_DEFAULT.items()},
+}
 
 # Averages of variants' validation probabilities (every variant splits its folds with seed 42, so fold k is the same
 # persons in each): what ensembling different models buys, from runs already trained.
-ENSEMBLES = {"default & plain": ("default", "plain"),
-             "default & default+seed7": ("default", "default+seed7"),
-             "default & plain & vcutmix & age-dist": ("default", "plain", "vcutmix", "age-dist"),  # chosen on folds 0-1
+ENSEMBLES = {"multi-default & plain": ("multi-default", "plain"),
+             "multi-default & default+seed7": ("multi-default", "default+seed7"),
+             "multi-default & plain & vcutmix & age-dist": ("multi-default", "plain", "vcutmix", "age-dist"),  # chosen on folds 0-1
              # the quality preset: the ensemble selection's choice on all 5 folds (in-sample; the nested row is honest)
-             "default & age-dist & plain & default+seed7": ("default", "age-dist", "plain", "default+seed7"),
-             "default & plain & vcutmix & age-dist & mobilenetv2": ("default", "plain", "vcutmix", "age-dist",
+             "multi-default & age-dist & plain & default+seed7": ("multi-default", "age-dist", "plain", "default+seed7"),
+             "multi-default & plain & vcutmix & age-dist & mobilenetv2": ("multi-default", "plain", "vcutmix", "age-dist",
                                                                     "mobilenetv2"),
              # two cheaper models whose training together costs about the default's: an ensemble within the budget
              "mobilenetv2 & wear2": ("mobilenetv2", "wear2"),
@@ -140,11 +150,11 @@ ENSEMBLES = {"default & plain": ("default", "plain"),
 # variant at a time, while the mean macro F1 rises), nested: each fold's members are chosen on the other folds only,
 # so its row estimates what choosing members from this pool buys on unseen persons. The choice on all folds is what
 # the quality preset ships.
-SELECTION_POOL = ("default", "plain", "default+seed7", "vcutmix", "age-dist", "mobilenetv2", "wear2")
+SELECTION_POOL = ("multi-default", "plain", "default+seed7", "vcutmix", "age-dist", "mobilenetv2", "wear2")
 SELECTION_MAX = 4  # models, the default included
 
 # What bench/results/quality.md was made of: 5-fold confirmations first, then the fold-0 (or 2-fold) screens.
-RECIPE = [("plain,default", "all"),
+RECIPE = [("plain,multi-default", "all"),
           ("default+pseudo-val", "all"),  # its teachers are the default's fold models
           ("default+seed7", "all"),
           ("vcutmix,age-dist,mobilenetv2", "all"),  # members of the quality preset's ensemble (and a candidate)
@@ -161,7 +171,10 @@ RECIPE = [("plain,default", "all"),
           ("default+robust-aug,default+separate", "0"),
           ("default+separate-maskmix", "0,1,2"),
           ("default+separate-maskmix-reframe", "all"),  # the per-task preset until 2026-12-02, 5 folds
-          ("default+separate-maskmix-reframe128", "0")]  # its mask task at 128 px: 5 folds on the mask screen
+          ("default+separate-maskmix-reframe128", "0"),  # its mask task at 128 px: 5 folds on the mask screen
+          # the default since 2026-12-03: the mask task in a mobilenetv2 of its own at 112 px (reframed, left/right
+          # cut; chosen on bench/mask_screen.py), gender and age sharing lite0 at 160 px
+          ("default", "all")]
 
 
 def variant_config(name: str, data_dir: str, runs: Path) -> Config:
@@ -443,7 +456,7 @@ def select_members(pool: dict[str, Path], folds: list[int]) -> list[str]:
         scored = served([pool[n] for n in names], True, True)
         return np.mean([macro_f1(scored[k].labels, scored[k].probs.argmax(1)) for k in folds])
 
-    chosen = ["default"]
+    chosen = ["multi-default"]
     best = mean_f1(chosen)
     while len(chosen) < SELECTION_MAX:
         trials = {n: mean_f1(chosen + [n]) for n in pool if n not in chosen}
@@ -460,7 +473,7 @@ def selection_folds(runs: Path, data_dir: str, folds: pd.DataFrame) -> tuple[pd.
     n_folds = Config().n_folds
     dirs = {n: run_folder(n, data_dir, runs) for n in SELECTION_POOL}
     pool = {n: d for n, d in dirs.items() if len(Run(d).scored_folds) == n_folds and Run(d).config_file.is_file()}
-    if len(pool) < 2 or "default" not in pool:
+    if len(pool) < 2 or "multi-default" not in pool:
         return pd.DataFrame(), []
     rows = []
     for k in range(n_folds):
@@ -497,20 +510,58 @@ def age_by_edge_distance(run: Path, data_dir: str, bounds=(30, 60)) -> pd.DataFr
             .reset_index().astype({"years from 30 or 60": str}))
 
 
+DEFAULT_MARK = " (= default)"
+
+
+def _run_hash(runs: pd.Series) -> pd.Series:
+    """The config hash a run folder's name ends with (runs/<variant>-<hash>); "" for ensemble rows."""
+    return runs.astype(str).str.extract(r"-([0-9a-f]{8})$", expand=False).fillna("")
+
+
+def named_by_config(folds: pd.DataFrame, data_dir: str, runs: Path) -> pd.Series:
+    """Each row's variant; a "default" row whose run trained another config than Config() does now (recorded before
+    the defaults changed) takes the name of the variant that config is (MULTI_DEFAULT's is "multi-default"). Every
+    other variant pins what it trains, so only "default" changes meaning."""
+    variant = folds["variant"].str.removesuffix(DEFAULT_MARK)
+    trained = _run_hash(folds["run"])
+    stale = (variant == "default") & (trained != config_hash(variant_config("default", data_dir, runs)))
+    if not stale.any():
+        return variant
+    name_of = {config_hash(variant_config(n, data_dir, runs)): n for n in reversed([*ON_DEFAULT, *VARIANTS])
+               if n != "default"}
+    return variant.where(~stale, trained.map(lambda h: name_of.get(h, f"default of config {h}")))
+
+
+def with_recorded(rows: pd.DataFrame, path: Path, key: str) -> pd.DataFrame:
+    """`rows` plus the rows recorded in an earlier table at `path` whose `key` (run or variant) is not among them: a
+    table is remade from the runs folder and what was measured before, so rows whose run folders are not on this
+    machine (a fresh work tree, another machine) are kept as measured rather than dropped."""
+    if not path.is_file():
+        return rows
+    recorded = pd.read_csv(path)
+    if not rows.empty and key in rows:
+        recorded = recorded[~recorded[key].isin(rows[key])]
+    return pd.concat([rows, recorded], ignore_index=True) if not rows.empty else recorded
+
+
 def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir: str,
                  realmask: str | None = None, face_prior: bool = False) -> None:
     folds, robust, shipped = collect(runs, data_dir, realmask, face_prior)
+    folds = with_recorded(folds, out / "quality_folds.csv", "run")
+    robust = with_recorded(robust, out / "quality_robustness.csv", "variant")
     if folds.empty:
         return
+    folds["variant"] = named_by_config(folds, data_dir, runs)
     # the rows of the config Config() trains now, whichever variant name first trained it
-    marked = (folds["run"] == default_run) & (folds["variant"] != "default")
-    folds["variant"] = folds["variant"].where(~marked, folds["variant"] + " (= default)")
+    marked = (_run_hash(folds["run"]) == _run_hash(pd.Series([default_run]))[0]) & (folds["variant"] != "default")
+    folds["variant"] = folds["variant"].where(~marked, folds["variant"] + DEFAULT_MARK)
     out.mkdir(parents=True, exist_ok=True)
     table = summarise(folds).sort_values("f1", ascending=False)
     table.to_csv(out / "quality.csv", index=False)
     folds.to_csv(out / "quality_folds.csv", index=False)
     text = (f"# Quality: person-held-out folds of {runs}\n\nmachine: {machine()}\n\n"
-            "Rows collect every finished fold under the runs folder, whichever command trained it; "
+            "Rows collect every finished fold under the runs folder, whichever command trained it, and keep the rows "
+            "recorded in quality_folds.csv whose run folders are not there; "
             "`.venv/bin/python bench/quality.py` with no arguments re-makes the whole table (its RECIPE: 5-fold "
             "confirmations, then the screens; finished folds are reused). "
             f"Last command: `{command}`\n\n"
@@ -542,6 +593,9 @@ def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir
     edges = age_by_edge_distance(runs / default_run, data_dir)
     if not edges.empty:
         edges.to_csv(out / "quality_age_edges.csv", index=False)
+    elif (out / "quality_age_edges.csv").is_file():
+        edges = pd.read_csv(out / "quality_age_edges.csv")
+    if not edges.empty:
         text += ("\n## Default: age-band accuracy (+tta +persons) by the true age's distance from a band edge\n\n"
                  + edges.round(3).to_markdown(index=False) + "\n")
     (out / "quality.md").write_text(text)

@@ -18,6 +18,12 @@ class ConfigError(ValueError):
     """Raised with every problem found in a config, not only the first."""
 
 
+# What the mask-task keys are on a model without a mask backbone of its own (heads=multi or single): setting such
+# heads takes these for the keys not given with it, since the defaults' values act only on the mask task's own
+# backbone. One backbone, three heads and these keys are the defaults until 2026-12-03.
+ONE_BACKBONE = {"mask_backbone": "", "mask_size": 0, "mix": "none", "mix_tasks": "all", "mask_view": "none"}
+
+
 @dataclass
 class Config:
     # --- data ---
@@ -43,9 +49,11 @@ class Config:
     # --- model ---
     backbone: str = "tf_efficientnet_lite0"
     pretrained: str = "offline"  # offline | timm | none | path to a state_dict file
-    heads: str = "multi"  # multi (mask, gender, age) | single (18-way) | separate (one backbone per task)
-    mask_backbone: str = ""  # heads=separate: the mask task's backbone ("" = `backbone`)
-    mask_size: int = 0  # heads=separate: px the mask task's backbone sees (0 = img_size)
+    # mask_apart: the mask task in a small backbone of its own (reframed, left/right cut), gender and age sharing
+    # `backbone`; multi: one backbone, three heads; single: one 18-way head; separate: one backbone per task
+    heads: str = "mask_apart"
+    mask_backbone: str = "mobilenetv2_100"  # heads=mask_apart | separate: the mask task's backbone ("" = `backbone`)
+    mask_size: int = 112  # heads=mask_apart | separate: px the mask task's backbone sees (0 = img_size)
     img_size: int = 160
     drop_rate: float = 0.2
     age_head: str = "band"  # band (3-way) | dist (exact-age distribution, banded) | both (their average)
@@ -65,12 +73,12 @@ class Config:
     augment: str = "light"  # none | light | strong | robust (strong + mask recolour, chin cuts, low light)
     sampler: str = "uniform"  # uniform | balanced (draws gender x age-band cells equally often)
     wear_per_person: int = 2  # of each person's 5 correctly-worn photos, how many an epoch trains on (redrawn)
-    mix: str = "none"  # none | vcutmix (left/right halves of two faces) | cutmix | mixup
+    mix: str = "vcutmix_fixed"  # none | vcutmix (left/right halves of two faces; _fixed: cut at 46-54 %) | cutmix | mixup
     mix_prob: float = 0.5  # share of batches mixed
     mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
-    mix_tasks: str = "all"  # all | mask (heads=separate: only the mask task's backbone sees mixed batches)
-    mask_view: str = "none"  # none | reframe | reframe_lowres (heads=separate: the mask backbone sees faces shrunk and
-    # moved in frame; _lowres also blurs half of them)
+    mix_tasks: str = "mask"  # mask (a mask backbone of its own: only it sees mixed batches) | all
+    mask_view: str = "reframe"  # none | reframe | reframe_lowres (a mask backbone of its own sees faces shrunk and moved
+    # in frame; _lowres also blurs half of them)
     ema_decay: float = 0.995  # moving average of weights, validated and saved; its decay warms up to this; 0 = off
     pseudo_label: str = "none"  # none | eval (unlabelled eval images join training) | validation (measuring only)
     pseudo_run: str = ""  # the first-stage run whose fold-k model labels them for fold k
@@ -127,6 +135,10 @@ class Config:
                 setattr(new, key, _coerce(value, hints[key]))
             except (TypeError, ValueError) as err:
                 problems.append(f"{source}: {key}={value!r}: {err}")
+        if "heads" in (values or {}) and not has_mask_backbone(new.heads):
+            for key, value in ONE_BACKBONE.items():
+                if key not in values:
+                    setattr(new, key, value)
         problems += [f"{source}: {p}" for p in new._value_problems()] if not problems else []
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
@@ -174,16 +186,20 @@ class Config:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             out.append(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         if self.heads == "single" and self.age_head != "band":
-            out.append(f"age_head={self.age_head!r} needs three heads (heads='multi' or 'separate')")
-        if self.heads != "separate" and (self.mask_backbone or self.mask_size):
-            out.append(f"mask_backbone={self.mask_backbone!r} / mask_size={self.mask_size} act only with "
-                       f"heads='separate' (heads={self.heads!r}); set heads=separate or leave them at '' / 0")
-        if self.mix_tasks != "all" and (self.heads != "separate" or self.mix == "none"):
-            out.append(f"mix_tasks={self.mix_tasks!r} needs heads='separate' and a mix (heads={self.heads!r}, "
-                       f"mix={self.mix!r}): a shared backbone sees one batch; set both or leave mix_tasks='all'")
-        if self.mask_view != "none" and self.heads != "separate":
-            out.append(f"mask_view={self.mask_view!r} needs heads='separate' (heads={self.heads!r}): a shared "
-                       f"backbone sees one view for every task; set heads=separate or leave mask_view='none'")
+            out.append(f"age_head={self.age_head!r} needs three heads (heads='multi', 'separate' or 'mask_apart')")
+        own_mask = has_mask_backbone(self.heads)
+        if not own_mask and (self.mask_backbone or self.mask_size):
+            out.append(f"mask_backbone={self.mask_backbone!r} / mask_size={self.mask_size} act only with a mask "
+                       f"backbone of its own (heads={self.heads!r}); set heads=mask_apart or separate, or leave them "
+                       f"at '' / 0")
+        if self.mix_tasks != "all" and (not own_mask or self.mix == "none"):
+            out.append(f"mix_tasks={self.mix_tasks!r} needs a mask backbone of its own (heads='mask_apart' or "
+                       f"'separate') and a mix (heads={self.heads!r}, mix={self.mix!r}): a shared backbone sees one "
+                       f"batch; set both or leave mix_tasks='all'")
+        if self.mask_view != "none" and not own_mask:
+            out.append(f"mask_view={self.mask_view!r} needs a mask backbone of its own (heads='mask_apart' or "
+                       f"'separate'; heads={self.heads!r}): a shared backbone sees one view for every task; set "
+                       f"heads=mask_apart or leave mask_view='none'")
         if self.mask_size < 0:
             out.append(f"mask_size={self.mask_size} must be >= 0 (0 = img_size)")
         if not 0 <= self.ema_decay < 1 or not 0 <= self.mix_prob <= 1 or self.mix_alpha <= 0 or self.age_sigma <= 0:
@@ -210,7 +226,8 @@ class Config:
         if not self.smoke:
             return self
         return dataclasses.replace(self, epochs=min(self.epochs, 1), img_size=min(self.img_size, 64),
-                                   batch_size=min(self.batch_size, 16), patience=max(self.patience, 1))
+                                   mask_size=min(self.mask_size, 64), batch_size=min(self.batch_size, 16),
+                                   patience=max(self.patience, 1))
 
     # ------------------------------------------------------------------ YAML
     @classmethod
@@ -221,6 +238,12 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def has_mask_backbone(heads: str) -> bool:
+    from mcls.model.classifier import has_mask_backbone as has
+
+    return has(heads)
 
 
 def registry_choices() -> dict[str, tuple]:

@@ -11,14 +11,17 @@ import pytest
 from conftest import ROOT, TINY
 
 # BatchNorm sees 8 images per process instead of 16 (SyncBatchNorm needs CUDA), so the two runs are close,
-# not equal; measured differences on the sample are listed in the README's multi-GPU section.
+# not equal; measured differences on the sample are listed in the README's multi-GPU section. The mask task's mixing
+# and reframing are off here: each process draws them for its own half of the batch, so with them on the two runs
+# see different images and the comparison would no longer isolate how the gradients are shared.
 VAL_LOSS_TOLERANCE = 0.05
 F1_TOLERANCE = 0.1
 EPOCHS = 3
 
 
 def _args(run_dir, *extra):
-    cfg = {**TINY, "epochs": EPOCHS, "batch_size": 16, "data_dir": ROOT / "data" / "sample", "run_dir": run_dir}
+    cfg = {**TINY, "epochs": EPOCHS, "batch_size": 16, "data_dir": ROOT / "data" / "sample", "run_dir": run_dir,
+           "mix": "none", "mix_tasks": "all", "mask_view": "none"}
     return ["train", *[f"{k}={v}" for k, v in cfg.items()], *extra]
 
 

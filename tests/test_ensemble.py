@@ -114,7 +114,8 @@ def test_member_presets_are_the_variants_the_benchmark_measured(quality, tmp_pat
     from mcls.config import PRESETS
 
     assert {p.stem for p in PRESETS.glob("member-*.yaml")} == set(BENCHMARKED)
-    cfg = load_config(None, [f"run_dir={tmp_path / 'q'}"])
+    # the members were measured beside the one-backbone default the quality preset keeps
+    cfg = load_config("quality", [f"run_dir={tmp_path / 'q'}"])
     for name, member in member_configs(cfg.updated({"members": list(BENCHMARKED)})):
         measured = quality.variant_config(BENCHMARKED[name], cfg.data_dir, tmp_path)
         assert quality.config_hash(member) == quality.config_hash(measured), name
@@ -142,7 +143,7 @@ def test_ensemble_selection_adds_a_helpful_model_and_stops_before_a_harmful_one(
 
     labels = {k: rng.integers(0, 18, 400) for k in (0, 1)}
     pool = {}
-    for name, wrong, conf in (("default", 0.4, 0.6), ("good", 0.1, 0.9), ("noise", 1.0, 0.95)):
+    for name, wrong, conf in (("multi-default", 0.4, 0.6), ("good", 0.1, 0.9), ("noise", 1.0, 0.95)):
         run = Run(tmp_path / name)  # a run folder as training leaves it, scored through the package's serving
         run.path.mkdir()
         run.config_file.write_text("tta: true\n")
@@ -157,4 +158,4 @@ def test_ensemble_selection_adds_a_helpful_model_and_stops_before_a_harmful_one(
             table[FLIP_COLUMNS] = probs
             table.to_csv(run.fold(k).predictions, index=False)
         pool[name] = run.path
-    assert quality.select_members(pool, [0, 1]) == ["default", "good"]
+    assert quality.select_members(pool, [0, 1]) == ["multi-default", "good"]

@@ -97,7 +97,7 @@ def test_training_and_prediction_see_the_same_crop(canvases, tmp_path):
     from mcls.data.dataset import ImageArrayDataset, make_loader
     from mcls.infer.predictor import predict_paths, predict_probs
     from mcls.infer.serving import Serving
-    from mcls.model.classifier import create_model
+    from mcls.model.classifier import model_from_config
     from mcls.runtime.device import Runtime
 
     paths, _, _ = canvases
@@ -111,7 +111,7 @@ def test_training_and_prediction_see_the_same_crop(canvases, tmp_path):
     assert not np.array_equal(images[0], load_resized(paths[0], 48))
 
     torch.manual_seed(0)
-    model = create_model("test_efficientnet", pretrained="none").eval()
+    model = model_from_config(cfg).eval()
     ckpt = tmp_path / "best.pt"
     torch.save({"model": model.state_dict(), "config": cfg.to_dict()}, ckpt)
     probs = predict_paths(paths, Serving.resolve(ckpt), device="cpu")[0]

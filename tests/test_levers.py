@@ -65,10 +65,10 @@ def test_mask_only_mixing_feeds_the_mixed_batch_to_the_mask_backbone_alone():
                 + ce(out["gender"], y[:, 1]) + ce(out["age"], y[:, 2]))
     assert mixed_loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
-    with pytest.raises(ValueError, match="need a per-task model"):
+    with pytest.raises(ValueError, match="need a mask backbone of its own"):
         create_model("test_efficientnet", pretrained="none")(x, task_inputs)
-    with pytest.raises(ConfigError, match="mix_tasks='mask' needs heads='separate' and a mix"):
-        Config().updated({"mix_tasks": "mask", "mix": "vcutmix_fixed"})
+    with pytest.raises(ConfigError, match="mix_tasks='mask' needs a mask backbone of its own"):
+        Config().updated({"heads": "multi", "mix_tasks": "mask", "mix": "vcutmix_fixed"})
     with pytest.raises(ConfigError, match="mix_tasks"):
         Config().updated({"heads": "separate", "mix": "vcutmix", "mix_tasks": "gender"})
 
@@ -128,8 +128,8 @@ def test_a_reframed_batch_reaches_the_mask_backbone_alone():
                     mask_view=MaskView("reframe", seed=5))
     assert torch.allclose(seen["mask"], model.normalise(MaskView("reframe", seed=5)(x), "mask"))
     assert torch.equal(seen["age"], model.normalise(x, "age")) and torch.equal(seen["gender"], seen["age"])
-    with pytest.raises(ConfigError, match="mask_view='reframe' needs heads='separate'"):
-        Config().updated({"mask_view": "reframe"})
+    with pytest.raises(ConfigError, match="mask_view='reframe' needs a mask backbone of its own"):
+        Config().updated({"heads": "multi", "mask_view": "reframe"})
 
 
 def test_an_epoch_chosen_on_the_other_folds_is_scored_honestly():
@@ -202,13 +202,13 @@ def test_separate_heads_give_each_task_its_own_backbone_and_mask_size():
     grads = {t: any(p.grad is not None and p.grad.abs().sum() > 0 for p in b.parameters())
              for t, b in model.backbones.items()}
     assert grads == {"mask": False, "gender": True, "age": False}
-    with pytest.raises(ValueError, match="one backbone per task"):
+    with pytest.raises(ValueError, match="has one for each of the tasks"):
         model.backbone_for("class")
 
 
 def test_mask_backbone_and_size_are_refused_without_separate_heads():
-    with pytest.raises(ConfigError, match="mask_size=96 act only with heads='separate'"):
-        Config().updated({"mask_size": 96})
+    with pytest.raises(ConfigError, match="mask_size=96 act only with a mask backbone of its own"):
+        Config().updated({"heads": "multi", "mask_size": 96})
     assert Config().updated({"heads": "separate", "mask_size": 96, "mask_backbone": "test_resnet"}).mask_size == 96
 
 

@@ -213,7 +213,7 @@ def test_custom_augmentations_follow_the_compose_seed(sample_data):
 
 def test_single_head_trains_with_mixing(tmp_path):
     """The 18-way head's loss takes tensors end to end (it once turned targets into numpy and failed)."""
-    cfg = Config(data_dir=str(SAMPLE), run_dir=str(tmp_path / "run"), **TINY, heads="single", mix="cutmix",
-                 mix_prob=1.0)
+    cfg = Config(data_dir=str(SAMPLE), run_dir=str(tmp_path / "run"), **TINY).updated(
+        {"heads": "single", "mix": "cutmix", "mix_prob": 1.0})
     summary = train(cfg)
     assert 0 <= summary["f1"] <= 1
