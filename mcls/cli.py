@@ -295,6 +295,28 @@ def cmd_crop(args) -> None:
     print(f"report: {out}")
 
 
+def cmd_leak_check(args) -> None:
+    """Compares an external face-age set with every competition photo and writes what would be dropped."""
+    from mcls.analysis.plots import leak_pairs_figure, nearest_distance_figure, save
+    from mcls.data.external import read_external
+    from mcls.data.faces import CropSettings
+    from mcls.data.leak_guard import competition_photos, guard
+    from mcls.io import write_csv
+
+    cfg = _config(args)
+    external = read_external(args.external)  # every bad name or row, before any descriptor is computed
+    photos = competition_photos(cfg.data_dir)
+    settings = CropSettings.from_config(cfg.updated({"crop": "mtcnn"}))
+    report = guard(external, photos, args.threshold, settings)
+    out = Path(args.out or Path("runs") / "leak-check" / Path(args.external).stem)
+    write_csv(out / "leak_pairs.csv", report.pairs)
+    write_csv(out / "external_kept.csv", report.kept)
+    save(leak_pairs_figure(report.pairs), out / "leak_pairs.png")
+    save(nearest_distance_figure(report.nearest, report.threshold), out / "nearest_distance.png")
+    print(report.line())
+    print(f"pairs, kept faces and figures: {out}")
+
+
 def cmd_relabel(args) -> None:
     """Writes the suspect queue (and the OOF probabilities behind it), or appends reviewed decisions."""
     import pandas as pd
@@ -365,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--person", help="person id for the seven-image grid (default: a random validation person)")
     p.add_argument("--max-images", type=int, help="measure energy on this many random validation images (default: all)")
     p.add_argument("--out", help="output folder (default: the run folder)")
+    p = add("leak-check", cmd_leak_check, "compare an external face-age set (UTKFace-named folder or path,age,gender "
+            "CSV) with every photo in data_dir; write the matches it would drop")
+    p.add_argument("--external", required=True, help="folder of UTKFace-named photos or a path,age,gender CSV")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="descriptor distance under which two faces are one person (default: the leak guard's)")
+    p.add_argument("--out", help="output folder (default runs/leak-check/<name>)")
     p = add("crop", cmd_crop, "detect faces (MTCNN, cached) in data_dir train+eval or a folder; print the detection "
                               "rate, write a per-image report (keys crop_margin, crop_chin, crop_min_confidence, ...)")
     p.add_argument("--folder", help="crop every image under this folder instead of data_dir")

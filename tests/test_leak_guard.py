@@ -1,6 +1,7 @@
 """The leak guard (mcls.data.leak_guard): a competition face planted among external faces is dropped however it was
 copied, and a stranger's face is kept."""
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import SAMPLE
 from PIL import Image
@@ -60,3 +61,25 @@ def test_the_photo_hash_is_the_same_photo_through_flip_resize_and_jpeg(tmp_path)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
     assert photo_hash(bad) == (-1, -1)
+
+
+def test_the_leak_check_command_prints_the_count_and_leaves_pairs_and_figures(tmp_path, capsys):
+    from mcls.cli import main
+
+    ext, normal = _plant(tmp_path)
+    out = tmp_path / "check"
+    assert main(["leak-check", "--external", str(ext), f"data_dir={SAMPLE}", f"crop_cache={tmp_path / 'cache'}",
+                 "--out", str(out)]) in (0, None)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("dropped 4 of 5 external faces that match competition persons (threshold ")
+    assert lines[-1] == f"pairs, kept faces and figures: {out}"
+    assert len(pd.read_csv(out / "leak_pairs.csv")) == 4 and len(pd.read_csv(out / "external_kept.csv")) == 1
+    for png in ("leak_pairs.png", "nearest_distance.png"):
+        assert Image.open(out / png).size[0] > 300
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "holiday.jpg").write_bytes((ext / "45_1_0_20170101000005.jpg").read_bytes())
+    assert main(["leak-check", "--external", str(bad), f"data_dir={SAMPLE}"]) not in (0, None)
+    err = capsys.readouterr().err
+    assert "holiday.jpg" in err and "not a UTKFace name" in err and len(err.strip().splitlines()) <= 3

@@ -119,3 +119,40 @@ def image_grid(tiles: list, captions: list, ncols: int, title: str = ""):
             ax.set_title(caption, fontsize=7)
     fig.suptitle(title, fontsize=9)
     return fig
+
+
+def leak_pairs_figure(pairs: pd.DataFrame, n: int = 12):
+    """The leak guard's matched pairs, closest first: each external photo beside the competition photo it matched,
+    captioned with the descriptor distance and the photo-hash bits apart."""
+    from mcls.data.images import BadImageError, load_resized
+
+    def tile(path):
+        try:
+            return load_resized(path, 128)
+        except BadImageError:
+            return None
+
+    shown = pairs.head(n)
+    tiles, captions = [], []
+    for r in shown.itertuples():
+        tiles += [tile(r.external), tile(r.competition)]
+        captions += [f"{Path(r.external).name[:26]}\n{r.match}: d {r.distance:.2f}, {r.hash_bits} bits",
+                     f"{Path(r.competition).parent.name[:26]}\n{Path(r.competition).name[:26]}"]
+    return image_grid(tiles, captions, ncols=4,
+                      title=f"leak guard: {len(pairs)} external faces matched a competition photo "
+                            f"({len(shown)} closest shown)")
+
+
+def nearest_distance_figure(nearest: np.ndarray, threshold: float):
+    """Each external face's descriptor distance to its nearest competition face, with the leak guard's threshold:
+    copies of a competition photo sit near 0, other photos of the same person below the threshold, strangers
+    above it."""
+    fig, ax = plt.subplots(figsize=(7, 3))
+    finite = nearest[np.isfinite(nearest)]
+    ax.hist(finite, bins=np.linspace(0, max(1.0, float(finite.max(initial=0))), 60))
+    ax.axvline(threshold, color="r", ls="--", label=f"threshold {threshold:g}")
+    ax.set_xlabel("distance to the nearest competition face (dlib descriptors, unit length)")
+    ax.set_ylabel("external faces (log scale)")
+    ax.set_yscale("log")
+    ax.legend()
+    return fig

@@ -73,12 +73,14 @@ def _hash_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(bad, 64, bits)
 
 
-def guard(external: pd.DataFrame, competition_paths, threshold: float = DEFAULT_THRESHOLD,
+def guard(external: pd.DataFrame, competition_paths, threshold: float | None = None,
           settings: CropSettings = CropSettings(), cache_dir: str | None = None, chunk: int = 2048) -> LeakReport:
     """Compares every external face (a read_external table) with every competition photo; returns what is kept and
-    the matched pairs. Descriptors come from the cache when they were computed before."""
+    the matched pairs (threshold None = DEFAULT_THRESHOLD). Descriptors come from the cache when they were computed
+    before."""
     from mcls.data.embeddings import face_descriptors
 
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     competition_paths = [str(p) for p in competition_paths]
     ext_paths = external["path"].astype(str).tolist()
     ext_desc = face_descriptors(ext_paths, settings, cache_dir)
