@@ -137,11 +137,13 @@ ON_DEFAULT = {
 # persons in each): what ensembling different models buys, from runs already trained.
 ENSEMBLES = {"multi-default & plain": ("multi-default", "plain"),
              "multi-default & default+seed7": ("multi-default", "default+seed7"),
-             "multi-default & plain & vcutmix & age-dist": ("multi-default", "plain", "vcutmix", "age-dist"),  # chosen on folds 0-1
+             # chosen on folds 0-1
+             "multi-default & plain & vcutmix & age-dist": ("multi-default", "plain", "vcutmix", "age-dist"),
              # the quality preset: the ensemble selection's choice on all 5 folds (in-sample; the nested row is honest)
-             "multi-default & age-dist & plain & default+seed7": ("multi-default", "age-dist", "plain", "default+seed7"),
-             "multi-default & plain & vcutmix & age-dist & mobilenetv2": ("multi-default", "plain", "vcutmix", "age-dist",
-                                                                    "mobilenetv2"),
+             "multi-default & age-dist & plain & default+seed7": ("multi-default", "age-dist", "plain",
+                                                                  "default+seed7"),
+             "multi-default & plain & vcutmix & age-dist & mobilenetv2": ("multi-default", "plain", "vcutmix",
+                                                                            "age-dist", "mobilenetv2"),
              # two cheaper models whose training together costs about the default's: an ensemble within the budget
              "mobilenetv2 & wear2": ("mobilenetv2", "wear2"),
              "wear2 & age-dist-wear2": ("wear2", "age-dist-wear2")}  # the other within-budget pair

@@ -77,7 +77,8 @@ def train_rate(cfg: Config, loader, targets, steps: int, whole: bool = False) ->
     torch.manual_seed(0)
     model = rt.prepare(model_from_config(cfg, "none") if whole else
                        create_model(cfg.backbone, cfg.heads, "none", cfg.drop_rate))
-    mixer = BatchMixer(cfg.mix, cfg.mix_prob, cfg.mix_alpha, tasks=cfg.mix_tasks) if whole and cfg.mix != "none" else None
+    mixed = whole and cfg.mix != "none"
+    mixer = BatchMixer(cfg.mix, cfg.mix_prob, cfg.mix_alpha, tasks=cfg.mix_tasks) if mixed else None
     view = MaskView(cfg.mask_view) if whole and cfg.mask_view != "none" else None
     loss_fn = TaskLoss(cfg, targets).to(rt.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

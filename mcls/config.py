@@ -73,12 +73,13 @@ class Config:
     augment: str = "light"  # none | light | strong | robust (strong + mask recolour, chin cuts, low light)
     sampler: str = "uniform"  # uniform | balanced (draws gender x age-band cells equally often)
     wear_per_person: int = 2  # of each person's 5 correctly-worn photos, how many an epoch trains on (redrawn)
-    mix: str = "vcutmix_fixed"  # none | vcutmix (left/right halves of two faces; _fixed: cut at 46-54 %) | cutmix | mixup
+    mix: str = "vcutmix_fixed"  # none | vcutmix (left/right halves of two faces; _fixed: cut at 46-54 %) | cutmix |
+    # mixup
     mix_prob: float = 0.5  # share of batches mixed
     mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
     mix_tasks: str = "mask"  # mask (a mask backbone of its own: only it sees mixed batches) | all
-    mask_view: str = "reframe"  # none | reframe | reframe_lowres (a mask backbone of its own sees faces shrunk and moved
-    # in frame; _lowres also blurs half of them)
+    mask_view: str = "reframe"  # none | reframe | reframe_lowres (a mask backbone of its own sees faces shrunk and
+    # moved in frame; _lowres also blurs half of them)
     ema_decay: float = 0.995  # moving average of weights, validated and saved; its decay warms up to this; 0 = off
     pseudo_label: str = "none"  # none | eval (unlabelled eval images join training) | validation (measuring only)
     pseudo_run: str = ""  # the first-stage run whose fold-k model labels them for fold k
@@ -241,6 +242,7 @@ class Config:
 
 
 def has_mask_backbone(heads: str) -> bool:
+    """classifier.has_mask_backbone, imported when asked: the model package imports this module."""
     from mcls.model.classifier import has_mask_backbone as has
 
     return has(heads)

@@ -82,16 +82,22 @@ def class_distribution_figure(counts, title: str, age_bounds=(30, 60)):
     return fig
 
 
-def confidence_histogram(confidences, cut: float):
-    """Best face confidence per image (log counts), with the cut under which an image counts as faceless."""
+def cut_histogram(values, bins, cut: float, cut_label: str, xlabel: str, ylabel: str):
+    """A histogram on a log count scale with one dashed cut line."""
     fig, ax = plt.subplots(figsize=(7, 3))
-    ax.hist(pd.Series(confidences).dropna(), bins=50)
-    ax.axvline(cut, color="r", ls="--", label=f"confidence cut ({cut})")
-    ax.set_xlabel("best face confidence per image")
-    ax.set_ylabel("images (log scale)")
+    ax.hist(values, bins=bins)
+    ax.axvline(cut, color="r", ls="--", label=cut_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{ylabel} (log scale)")
     ax.set_yscale("log")
     ax.legend()
     return fig
+
+
+def confidence_histogram(confidences, cut: float):
+    """Best face confidence per image (log counts), with the cut under which an image counts as faceless."""
+    return cut_histogram(pd.Series(confidences).dropna(), 50, cut, f"confidence cut ({cut})",
+                         "best face confidence per image", "images")
 
 
 def image_grid(tiles: list, captions: list, ncols: int, title: str = ""):
@@ -147,12 +153,7 @@ def nearest_distance_figure(nearest: np.ndarray, threshold: float):
     """Each external face's descriptor distance to its nearest competition face, with the leak guard's threshold:
     copies of a competition photo sit near 0, other photos of the same person below the threshold, strangers
     above it."""
-    fig, ax = plt.subplots(figsize=(7, 3))
     finite = nearest[np.isfinite(nearest)]
-    ax.hist(finite, bins=np.linspace(0, max(1.0, float(finite.max(initial=0))), 60))
-    ax.axvline(threshold, color="r", ls="--", label=f"threshold {threshold:g}")
-    ax.set_xlabel("distance to the nearest competition face (dlib descriptors, unit length)")
-    ax.set_ylabel("external faces (log scale)")
-    ax.set_yscale("log")
-    ax.legend()
-    return fig
+    return cut_histogram(finite, np.linspace(0, max(1.0, float(finite.max(initial=0))), 60), threshold,
+                         f"threshold {threshold:g}",
+                         "distance to the nearest competition face (dlib descriptors, unit length)", "external faces")

@@ -29,11 +29,13 @@ TASK_BACKBONES = {
 }
 
 
+AGE_HEADS = ("band", "dist", "both")
+AGE_BINS = 100  # one bin per year of age 0..98, the last for 99 and over
+
+
 def has_mask_backbone(heads: str) -> bool:
     """Whether the mask task has a backbone of its own under `heads` (its size, view and mixing are its own)."""
     return heads in TASK_BACKBONES
-AGE_HEADS = ("band", "dist", "both")
-AGE_BINS = 100  # one bin per year of age 0..98, the last for 99 and over
 
 
 def unit_float(x: torch.Tensor) -> torch.Tensor:
