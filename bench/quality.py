@@ -363,7 +363,7 @@ def collect(runs: Path, data_dir: str, realmask: str | None = None, face_prior: 
         folds.append({"variant": name, "run": done.parent.parent.name, **record})
         rob = done.parent / "robustness.csv"
         if rob.exists():
-            robust.append(pd.read_csv(rob).assign(variant=name))
+            robust.append(pd.read_csv(rob).assign(variant=name, run=done.parent.parent.name))
     folds, shipped = pd.DataFrame(folds), []
     if not folds.empty:
         folds = folds.merge(calibrated_scores(runs), on=["run", "fold"], how="left")
@@ -550,10 +550,12 @@ def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir
                  realmask: str | None = None, face_prior: bool = False) -> None:
     folds, robust, shipped = collect(runs, data_dir, realmask, face_prior)
     folds = with_recorded(folds, out / "quality_folds.csv", "run")
-    robust = with_recorded(robust, out / "quality_robustness.csv", "variant")
+    robust = with_recorded(robust, out / "quality_robustness.csv", "run")
     if folds.empty:
         return
     folds["variant"] = named_by_config(folds, data_dir, runs)
+    if not robust.empty:
+        robust["variant"] = named_by_config(robust, data_dir, runs)
     # the rows of the config Config() trains now, whichever variant name first trained it
     marked = (_run_hash(folds["run"]) == _run_hash(pd.Series([default_run]))[0]) & (folds["variant"] != "default")
     folds["variant"] = folds["variant"].where(~marked, folds["variant"] + DEFAULT_MARK)

@@ -98,9 +98,10 @@ def guard(external: pd.DataFrame, competition_paths, threshold: float | None = N
         d[~ext_ok[rows]] = np.inf
         d[:, ~comp_ok] = np.inf
         h = np.minimum(_hash_distance(ext_hash[rows, 0], comp_hash), _hash_distance(ext_hash[rows, 1], comp_hash))
-        nearest[rows], dist[rows], bits[rows] = d.argmin(1), d.min(1), h.min(1)
-        same_photo = h.min(1) <= HASH_BITS
-        nearest[rows] = np.where(same_photo & (d.min(1) >= threshold), h.argmin(1), nearest[rows])
+        dist[rows], bits[rows] = d.min(1), h.min(1)
+        # the pair shown is the nearest face, or the nearest photo where only the photo hash matched
+        photo_only = (bits[rows] <= HASH_BITS) & (dist[rows] >= threshold)
+        nearest[rows] = np.where(photo_only, h.argmin(1), d.argmin(1))
     by_face, by_photo = dist < threshold, bits <= HASH_BITS
     matched = by_face | by_photo
     pairs = pd.DataFrame({"external": np.asarray(ext_paths)[matched],
