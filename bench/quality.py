@@ -557,7 +557,7 @@ def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir
     if not robust.empty:
         robust["variant"] = named_by_config(robust, data_dir, runs)
     # the rows of the config Config() trains now, whichever variant name first trained it
-    marked = (_run_hash(folds["run"]) == _run_hash(pd.Series([default_run]))[0]) & (folds["variant"] != "default")
+    marked = (_run_hash(folds["run"]) == default_run.rsplit("-", 1)[-1]) & (folds["variant"] != "default")
     folds["variant"] = folds["variant"].where(~marked, folds["variant"] + DEFAULT_MARK)
     out.mkdir(parents=True, exist_ok=True)
     table = summarise(folds).sort_values("f1", ascending=False)

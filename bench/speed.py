@@ -40,7 +40,7 @@ from mcls.data.faces import CropSettings, crop_paths
 from mcls.data.images import load_images
 from mcls.data.table import load_train_table
 from mcls.infer.predictor import predict_dataset
-from mcls.model.classifier import create_model, model_from_config
+from mcls.model.classifier import create_model, has_mask_backbone, model_from_config
 from mcls.runtime.device import Runtime
 from mcls.runtime.distributed import GlobalBatchSampler
 from mcls.train.augment import create_train_transform
@@ -176,8 +176,8 @@ def compare_models(args, command: str) -> pd.DataFrame:
     table = load_train_table(args.data)
     targets = targets_of(table)
     rows, cache, serving = [], {}, []
+    runtime = {"batch_size": args.batch, "device": args.device, "num_workers": int(args.workers.split(",")[0])}
     for name in args.models.split(","):
-        runtime = {"batch_size": args.batch, "device": args.device, "num_workers": int(args.workers.split(",")[0])}
         given = parse_overrides(name.split("+")) if "=" in name else {}
         cfg = load_config(None if name == "default" or given else name, {**given, **runtime})
         if cfg.img_size not in cache:
@@ -188,7 +188,7 @@ def compare_models(args, command: str) -> pd.DataFrame:
         loader = make_loader(ImageArrayDataset(images, targets, create_train_transform(cfg.augment)), args.batch,
                              train=True, num_workers=cfg.num_workers, sampler=sampler)
         rows.append({"model": name, "heads": cfg.heads, "backbone": cfg.backbone,
-                     "mask_backbone": cfg.mask_backbone or ("" if cfg.heads in ("multi", "single") else cfg.backbone),
+                     "mask_backbone": cfg.mask_backbone or (cfg.backbone if has_mask_backbone(cfg.heads) else ""),
                      "img_size": cfg.img_size, "mask_size": cfg.mask_size,
                      "train_img_s": train_rate(cfg, loader, targets, args.steps, whole=True)})
         serving.append((cfg, images))

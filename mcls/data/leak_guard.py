@@ -7,7 +7,7 @@ every competition face by two checks:
 - the same person: dlib's 128-d face descriptors (mcls.data.embeddings, cached by file content) closer than
   `threshold` (Euclidean distance between the unit-length descriptors the kit keeps; dlib's own same-person rule
   is 0.6 between its raw descriptors, which are about 1.44 long on these faces, so 0.6 / 1.44 ~ 0.42 here);
-- the same photo: a 64-bit difference hash of the grayscale picture, in both orientations, within a few bits, which
+- the same photo: a 63-bit difference hash of the grayscale picture, in both orientations, within a few bits, which
   catches copies that were flipped, resized or re-encoded even where no face descriptor could be computed.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mcls.data.images import BadImageError, load_resized
 
 # dlib's 0.6 in the kit's unit-length units (raw descriptors of data/sample's faces: 1.36-1.60 long, mean 1.44)
 DEFAULT_THRESHOLD = 0.4
-HASH_BITS = 6  # of 64: how far two difference hashes of one photo may drift through resizing and JPEG
+HASH_BITS = 6  # of 63: how far two difference hashes of one photo may drift through resizing and JPEG
 
 
 @dataclass
@@ -50,13 +50,13 @@ class LeakReport:
 
 
 def photo_hash(path) -> tuple[int, int]:
-    """(hash, hash of the mirror image): 64-bit difference hashes of the photo at 9 x 8 grayscale; (-1, -1) if it
-    cannot be read."""
+    """(hash, hash of the mirror image): 63-bit difference hashes of the photo's 8 x 8 grayscale block means; (-1, -1)
+    if it cannot be read."""
     try:
         arr = load_resized(path, 64).astype(np.float32).mean(-1)
     except BadImageError:
         return -1, -1
-    small = arr.reshape(8, 8, 8, 8).mean((1, 3))  # 8 x 8 block means; a 9th column comes from the mirror's edge
+    small = arr.reshape(8, 8, 8, 8).mean((1, 3))  # 8 x 8 block means
     out = []
     for img in (small, small[:, ::-1]):
         bits = (img[:, 1:] > img[:, :-1]).flatten()  # 8 x 7 = 56 bits of left-to-right gradient ...
