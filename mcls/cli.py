@@ -297,11 +297,9 @@ def cmd_crop(args) -> None:
 
 def cmd_leak_check(args) -> None:
     """Compares an external face-age set with every competition photo and writes what would be dropped."""
-    from mcls.analysis.plots import leak_pairs_figure, nearest_distance_figure, save
     from mcls.data.external import read_external
     from mcls.data.faces import CropSettings
-    from mcls.data.leak_guard import competition_photos, guard
-    from mcls.io import write_csv
+    from mcls.data.leak_guard import competition_photos, guard, save_report
 
     cfg = _config(args)
     external = read_external(args.external)  # every bad name or row, before any descriptor is computed
@@ -309,10 +307,7 @@ def cmd_leak_check(args) -> None:
     settings = CropSettings.from_config(cfg.updated({"crop": "mtcnn"}))
     report = guard(external, photos, args.threshold, settings)
     out = Path(args.out or Path("runs") / "leak-check" / Path(args.external).stem)
-    write_csv(out / "leak_pairs.csv", report.pairs)
-    write_csv(out / "external_kept.csv", report.kept)
-    save(leak_pairs_figure(report.pairs), out / "leak_pairs.png")
-    save(nearest_distance_figure(report.nearest, report.threshold), out / "nearest_distance.png")
+    save_report(report, out)
     print(report.line())
     print(f"pairs, kept faces and figures: {out}")
 

@@ -23,6 +23,9 @@ class ConfigError(ValueError):
 # backbone. One backbone, three heads and these keys are the defaults until 2026-12-03.
 ONE_BACKBONE = {"mask_backbone": "", "mask_size": 0, "mix": "none", "mix_tasks": "all", "mask_view": "none"}
 
+# The keys that shape the external data's pretraining: they act only with external_data.
+EXTERNAL_KEYS = ("external_min_age", "external_epochs")
+
 
 @dataclass
 class Config:
@@ -84,6 +87,12 @@ class Config:
     pseudo_label: str = "none"  # none | eval (unlabelled eval images join training) | validation (measuring only)
     pseudo_run: str = ""  # the first-stage run whose fold-k model labels them for fold k
     pseudo_threshold: float = 0.9  # minimum probability of the predicted class to keep a pseudo label
+    # external face-age photos (a folder of UTKFace-named files or a path,age,gender CSV; "" = none): those that
+    # pass the leak guard pretrain the gender/age backbone once, and every fold starts from it (mcls.train.pretrain)
+    external_data: str = ""
+    external_min_age: int = 18  # external faces younger than this are left out (the competition's persons are adults)
+    external_epochs: int = 5  # epochs of the one-off pretraining on the external faces
+    pretrain_cache: str = ".cache/mcls/pretrained"  # pretrained backbones keyed by their inputs; "" = the run's only
     sync_bn: bool = False  # SyncBatchNorm across processes under torchrun
     # --- runtime ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -212,6 +221,14 @@ class Config:
             out.append(f"wear_per_person={self.wear_per_person} must be in 1..5")
         if self.num_workers < 0:
             out.append(f"num_workers={self.num_workers} must be >= 0")
+        fields = {f.name: f.default for f in dataclasses.fields(self)}
+        external = {k: getattr(self, k) for k in EXTERNAL_KEYS if getattr(self, k) != fields[k]}
+        if external and not self.external_data:
+            out.append(f"{', '.join(f'{k}={v!r}' for k, v in external.items())} act only with external_data (a "
+                       f"folder or CSV of external face-age photos); set it or leave them at their defaults")
+        if not 0 <= self.external_min_age <= 120 or self.external_epochs < 1:
+            out.append(f"external_min_age={self.external_min_age} must be in 0..120 and external_epochs="
+                       f"{self.external_epochs} at least 1")
         if self.crop_margin < 0 or self.crop_chin < 0 or not 0 < self.crop_fallback <= 1:
             out.append(f"crop_margin={self.crop_margin} and crop_chin={self.crop_chin} must be >= 0, "
                        f"crop_fallback={self.crop_fallback} in (0, 1]")
@@ -228,7 +245,7 @@ class Config:
             return self
         return dataclasses.replace(self, epochs=min(self.epochs, 1), img_size=min(self.img_size, 64),
                                    mask_size=min(self.mask_size, 64), batch_size=min(self.batch_size, 16),
-                                   patience=max(self.patience, 1))
+                                   patience=max(self.patience, 1), external_epochs=min(self.external_epochs, 1))
 
     # ------------------------------------------------------------------ YAML
     @classmethod

@@ -63,6 +63,34 @@ def age_histogram(table: pd.DataFrame, age_bounds=(30, 60), train_old_age: int |
     return fig
 
 
+def external_beside(table: pd.DataFrame, external: pd.DataFrame, age_bounds=(30, 60), min_age: int = 0):
+    """(share of persons per gender x age band in the competition set and the external one, the figure of their
+    age distributions by gender): what external faces would add, and where they differ (children, the old).
+    `external` is a read_external table; faces under `min_age` are counted apart, as pretraining leaves them out."""
+    persons = table.drop_duplicates("person")
+    sets = {"competition": persons, "external": external[external["age"] >= min_age]}
+    bands = age_band_names(age_bounds)
+    rows = []
+    for name, df in sets.items():
+        cells = pd.crosstab(df["gender"].map(dict(enumerate(GENDERS))).rename("gender"),
+                            pd.Series(pd.cut(df["age"], [-1, age_bounds[0] - 1, age_bounds[1] - 1, 200],
+                                             labels=bands), name="age band", index=df.index))
+        rows.append(cells.stack().rename(f"{name} {'persons' if name == 'competition' else 'faces'}"))
+    shares = pd.concat(rows, axis=1).fillna(0).astype(int)
+    shares.loc[("all", f"under {min_age}"), :] = [0, int((external["age"] < min_age).sum())]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), sharex=True)
+    for ax, (name, df) in zip(axes, {"competition": persons, "external": external}.items()):
+        sns.histplot(data=df.assign(gender=df["gender"].map(dict(enumerate(GENDERS)))), x="age", hue="gender",
+                     hue_order=list(GENDERS), binwidth=2, multiple="stack", ax=ax)
+        for edge in age_bounds:
+            ax.axvline(edge, color="k", ls="--", lw=1)
+        if name == "external" and min_age:
+            ax.axvline(min_age, color="r", ls=":", lw=1, label=f"external_min_age {min_age}")
+        ax.set_title(f"{name}: {len(df)} {'persons' if name == 'competition' else 'faces'} by age")
+    fig.tight_layout()
+    return shares.astype(int), fig
+
+
 def class_grid(table: pd.DataFrame, per_class: int = 4, size: int = 96, age_bounds=(30, 60), seed: int = 0):
     """A grid with one row per class and `per_class` random images."""
     rng = np.random.default_rng(seed)

@@ -124,17 +124,17 @@ def load_train_table(data_dir: str | Path, age_bounds=(30, 60), train_old_age: i
         warnings.warn(f"{image_root}: {len(mixed)} person folder(s) mix file extensions: {mixed[:10]}", stacklevel=2)
     df = pd.DataFrame(rows, columns=["person", "path", "stem", "mask", "gender", "age", "race"])
     old = train_old_age if train_old_age is not None else age_bounds[1]
-    _add_bands(df, "", age_bounds, old)
+    add_bands(df, "", age_bounds, old)
     if relabel_file:  # the data's own labels, from train.csv and the file names alone
         own = given.set_index("id").loc[df["person"]]
         df["given_mask"] = df["stem"].map(FILE_MASK).to_numpy()
         df["given_gender"] = own["gender"].map(GENDERS.index).to_numpy()
         df["given_age"] = own["age"].to_numpy()
-        _add_bands(df, "given_", age_bounds, old)
+        add_bands(df, "given_", age_bounds, old)
     return df
 
 
-def _add_bands(df: pd.DataFrame, prefix: str, age_bounds, train_old_age: int) -> None:
+def add_bands(df: pd.DataFrame, prefix: str, age_bounds, train_old_age: int) -> None:
     """<prefix>age_band, label and age_band_train from <prefix>mask, gender and age."""
     age = df[f"{prefix}age"]
     df[f"{prefix}age_band"] = age_band(age, age_bounds)

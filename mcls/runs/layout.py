@@ -4,6 +4,8 @@ these paths.
     <run>/config.yaml  run_info.json  summary.json  calibration.json  submission.csv
     <run>/fold<k>/best.pt  last.pt  metrics.csv  val_predictions.csv  summary.json  *.png
     <run>/members/<name>/  a run of its own per ensemble member
+    <run>/external/pretrained_face.pt  pretrain.json  leak_pairs.csv  leak_pairs.png  nearest_distance.png
+                   external_kept.csv   (external_data: the leak guard's findings and the pretrained backbone)
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ CALIBRATION = "calibration.json"
 SUBMISSION = "submission.csv"
 LEADERBOARD = "leaderboard.json"  # the scores the competition gave this run's submissions, oldest first
 MEMBERS_DIR = "members"
+EXTERNAL_DIR = "external"
 # val_predictions.csv keeps the model's probabilities for each validation image (p*) and for its mirror image (f*):
 # flip TTA is their mean, so every way of serving a run can be scored from the file without predicting again.
 FLIP_COLUMNS = [f"f{k}" for k in range(NUM_CLASSES)]
@@ -162,6 +165,20 @@ class Run:
     @property
     def leaderboard_file(self) -> Path:
         return self.path / LEADERBOARD
+
+    @property
+    def external_dir(self) -> Path:
+        """The leak guard's report on the run's external data (mcls.data.leak_guard.save_report) and the backbone
+        pretrained on the faces it kept."""
+        return self.path / EXTERNAL_DIR
+
+    @property
+    def pretrained_face(self) -> Path:
+        return self.external_dir / "pretrained_face.pt"
+
+    @property
+    def pretrain_record(self) -> Path:
+        return self.external_dir / "pretrain.json"
 
     def notebook_dir(self, notebook: str) -> Path:
         return self.path / notebook

@@ -114,9 +114,16 @@ class Parts:
                 "ema": self.ema}
 
 
-def build(cfg: Config, rt: Runtime, train_df: pd.DataFrame, train_images: np.ndarray, extra=None) -> Parts:
-    """The model, its EMA and everything that trains it; `extra` = (images, targets) joins training only."""
-    net = rt.prepare(model_from_config(cfg))
+def build(cfg: Config, rt: Runtime, train_df: pd.DataFrame, train_images: np.ndarray, extra=None,
+          init=None) -> Parts:
+    """The model, its EMA and everything that trains it; `extra` = (images, targets) joins training only; `init`
+    is a pretrained face backbone (mcls.train.pretrain) the gender and age tasks start from."""
+    model = model_from_config(cfg)
+    if init is not None:
+        from mcls.train.pretrain import load_face_weights
+
+        load_face_weights(model, init)
+    net = rt.prepare(model)
     model = distributed.wrap(net, rt.device, cfg.sync_bn)
     if cfg.compile:  # training steps only; validation, EMA and checkpoints use the plain module
         model = torch.compile(model)
@@ -140,9 +147,9 @@ def build(cfg: Config, rt: Runtime, train_df: pd.DataFrame, train_images: np.nda
                  loader, targets, persons)
 
 
-def run_epoch(cfg: Config, rt: Runtime, parts: Parts, val_ds: ImageArrayDataset, epoch: int) -> dict:
-    """Trains epoch `epoch` (0-based; its order, augmentation, mixing and dropout seeded from (seed, epoch)) and
-    validates the scored weights; returns the epoch's metrics row."""
+def train_epoch(cfg: Config, rt: Runtime, parts: Parts, epoch: int, desc: str = "epoch") -> dict:
+    """Trains epoch `epoch` (0-based; its order, augmentation, mixing and dropout seeded from (seed, epoch));
+    returns its training stats."""
     epoch_seed = cfg.training_seed * 1000 + epoch
     seed_everything(epoch_seed)
     for drawn in (parts.mixer, parts.mask_view):
@@ -151,9 +158,15 @@ def run_epoch(cfg: Config, rt: Runtime, parts: Parts, val_ds: ImageArrayDataset,
     parts.sampler.set_epoch(epoch_order(parts.targets, epoch_seed, cfg.sampler, parts.persons, cfg.wear_per_person),
                             epoch_seed)
     stats = train_one_epoch(parts.model, parts.loader, parts.loss_fn, parts.optimizer, parts.scheduler, rt,
-                            desc=f"epoch {epoch + 1}", mixer=parts.mixer, ema=parts.ema,
+                            desc=f"{desc} {epoch + 1}", mixer=parts.mixer, ema=parts.ema,
                             mask_view=parts.mask_view)
     stats["train_loss"] = distributed.mean_over_ranks(stats["train_loss"], len(parts.loader.sampler))
+    return stats
+
+
+def run_epoch(cfg: Config, rt: Runtime, parts: Parts, val_ds: ImageArrayDataset, epoch: int) -> dict:
+    """Trains epoch `epoch` and validates the scored weights; returns the epoch's metrics row."""
+    stats = train_epoch(cfg, rt, parts, epoch)
     probs = predict_dataset(parts.scored, val_ds, rt, rt.eval_batch(cfg.batch_size), num_workers=cfg.num_workers,
                             desc="validate")
     labels = val_ds.targets[:, TARGET_COLUMNS.index("label")]
@@ -175,10 +188,11 @@ def record_epoch(state: dict, row: dict) -> bool:
 
 
 def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images: np.ndarray,
-        val_images: np.ndarray, out: Fold, resume: bool = False, extra=None, on_epoch=None) -> dict:
+        val_images: np.ndarray, out: Fold, resume: bool = False, extra=None, on_epoch=None, init=None) -> dict:
     """Trains one fold, validating every epoch; writes metrics.csv, last.pt, best.pt and val predictions.
 
-    `extra` = (images, targets) joins training only (pseudo-labelled images; targets in TARGET_COLUMNS order).
+    `extra` = (images, targets) joins training only (pseudo-labelled images; targets in TARGET_COLUMNS order);
+    `init` = a pretrained face backbone file the model starts from.
 
     Each epoch seeds its order, augmentation, mixing and dropout from (seed, epoch), so a run resumed from
     last.pt ends exactly as an uninterrupted one would (on CPU). Under torchrun every rank runs this; rank 0
@@ -187,7 +201,7 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
     rt = Runtime.from_config(cfg)
     log.info("fold %s on %s", out.k, rt.describe())
     seed_everything(cfg.training_seed)
-    parts = build(cfg, rt, train_df, train_images, extra)
+    parts = build(cfg, rt, train_df, train_images, extra, init)
     val_ds = ImageArrayDataset(val_images, targets_of(val_df))
     state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if distributed.is_main():

@@ -21,6 +21,8 @@ def reference_problems(cfg: Config) -> list[str]:
         problems += _relabel_problems(cfg)
     if cfg.pseudo_label != "none":
         problems += _pseudo_run_problems(cfg)
+    if cfg.external_data:
+        problems += _external_problems(cfg)
     if cfg.members:
         problems += [p for p in _member_problems(cfg) if p.split(": ", 1)[-1] not in problems]
     return problems
@@ -100,6 +102,25 @@ def _pseudo_run_problems(cfg: Config) -> list[str]:
     if missing:
         return [f"pseudo_run={cfg.pseudo_run!r} has no model for fold(s) {missing}; train those folds of it first"]
     return []
+
+
+def _external_problems(cfg: Config) -> list[str]:
+    from mcls.data import embeddings
+    from mcls.data.external import read_external
+    from mcls.data.table import DataError
+
+    try:
+        external = read_external(cfg.external_data)
+    except DataError as err:
+        shown = "; ".join(err.problems[:5]) + (f"; and {len(err.problems) - 5} more" if len(err.problems) > 5 else "")
+        return [f"external_data={cfg.external_data!r}: {shown}"]
+    problems = []
+    if not (external["age"] >= cfg.external_min_age).any():
+        problems.append(f"external_data={cfg.external_data!r}: no face is aged {cfg.external_min_age} or over "
+                        f"(external_min_age); lower it or give another set")
+    if not embeddings.available():  # the leak guard compares faces by dlib's descriptors
+        problems.append(f"external_data needs dlib for the leak guard: {embeddings.INSTALL}")
+    return problems
 
 
 def _member_problems(cfg: Config) -> list[str]:

@@ -136,6 +136,14 @@ def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out: 
             out.dir.mkdir(parents=True, exist_ok=True)
             fit_fold_expert(cfg, table, k, out.face_expert)
         distributed.barrier()
+    init = None
+    if cfg.external_data:
+        from mcls.train.pretrain import prepare_external
+
+        if distributed.is_main():
+            prepare_external(cfg, out.run)
+        distributed.barrier()
+        init = out.run.pretrained_face
     extra = None
     if cfg.pseudo_label != "none":
         from mcls.train.pseudo import pseudo_labelled
@@ -143,7 +151,7 @@ def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out: 
         extra = pseudo_labelled(cfg, k, images[is_val])
     # relabel decisions move training targets only; validation scores the labels as given (as_given)
     result = fit(cfg, table[train_rows].reset_index(drop=True), as_given(table[is_val]).reset_index(drop=True),
-                 images[train_rows], images[is_val], out, resume=resume, extra=extra, on_epoch=on_epoch)
+                 images[train_rows], images[is_val], out, resume=resume, extra=extra, on_epoch=on_epoch, init=init)
     return {**result, "n_pseudo": 0 if extra is None else len(extra[0])}
 
 

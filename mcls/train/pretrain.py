@@ -1,0 +1,183 @@
+"""Pretraining the gender/age backbone on external face-age photos, once, before any fold trains.
+
+External faces carry an age and a gender, no mask state, and no competition label is read to train on them, so
+one pretrained backbone serves every fold. First the leak guard drops each external face that shows a competition
+person (train or eval photos), since another photo of a validation or test person would carry that person's labels
+into their score. Faces younger than `external_min_age` are left out: the competition's persons are adults, and a
+child's gender is a different problem. The rest, framed by the run's own face crop, train a one-backbone model's
+gender and age heads (the mask loss weighs nothing) for `external_epochs`; its backbone and those heads then start
+each fold's gender and age tasks (the mask task keeps its ImageNet start).
+
+The result is cached by everything that shapes it (the kept files, the crop, the keys in PRETRAIN_KEYS), so the
+folds of a run, its resumption and other runs on the same external set train it once; each run keeps a copy and the
+guard's report in <run>/external/.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mcls.config import Config
+from mcls.data.cache import cache_key, cached_images
+from mcls.data.faces import CropSettings
+from mcls.io import write_json
+from mcls.runs.layout import Run
+
+log = logging.getLogger(__name__)
+
+# What shapes the pretrained weights besides the faces themselves; a change of any trains them afresh.
+PRETRAIN_KEYS = ("backbone", "pretrained", "img_size", "drop_rate", "age_head", "age_sigma", "age_bounds",
+                 "train_old_age", "loss", "loss_weights", "label_smoothing", "focal_gamma", "batch_size", "lr",
+                 "weight_decay", "warmup_epochs", "augment", "sampler", "ema_decay", "external_epochs", "seed",
+                 "train_seed")
+VERSION = 1
+FACE_HEADS = ("gender", "age", "age_band", "age_dist")  # the heads a face backbone feeds, as MaskClassifier names them
+NOT_WEAR = 2  # no external face wears a mask: their mask state is known, but it is not what they are here to teach
+
+
+def pretrain_config(cfg: Config) -> Config:
+    """The one-backbone model the external faces train: the run's face backbone and keys, its mask loss off."""
+    _, w_gender, w_age = cfg.loss_weights
+    return cfg.updated({"heads": "multi", "loss_weights": [0.0, w_gender, w_age], "epochs": cfg.external_epochs})
+
+
+def external_rows(cfg: Config):
+    """(the external faces that train: path, age, gender and the kit's target columns; the leak guard's report;
+    how many were too young). Raises DataError on bad external input before anything is computed."""
+    from mcls.data.external import read_external
+    from mcls.data.leak_guard import competition_photos, guard
+    from mcls.data.table import add_bands
+
+    external = read_external(cfg.external_data)
+    adults = external[external["age"] >= cfg.external_min_age].reset_index(drop=True)
+    # descriptors need the face box whatever the run's own crop is
+    report = guard(adults, competition_photos(cfg.data_dir), None,
+                   CropSettings.from_config(cfg.updated({"crop": "mtcnn"})))
+    rows = report.kept.copy()
+    rows["mask"] = NOT_WEAR
+    add_bands(rows, "", tuple(cfg.age_bounds), cfg.train_old_age)
+    rows["person"] = np.arange(len(rows))  # no identities: each photo its own person
+    return rows, report, len(external) - len(adults)
+
+
+def prepare_external(cfg: Config, run: Run) -> Path:
+    """The run's pretrained face backbone (<run>/external/pretrained_face.pt): kept from before, copied from the
+    cache, or trained now; the leak guard's report and line beside it. Returns its path."""
+    if run.pretrained_face.is_file():
+        return run.pretrained_face
+    start = time.perf_counter()
+    rows, report, n_young = external_rows(cfg)
+    from mcls.data.leak_guard import save_report
+
+    save_report(report, run.external_dir)
+    log.info("external data %s: %s; %d faces under %d left out", cfg.external_data, report.line(), n_young,
+             cfg.external_min_age)
+    crop = CropSettings.from_config(cfg)
+    key = pretrain_key(cfg, rows["path"], crop)
+    cached = Path(cfg.pretrain_cache) / f"{key}.pt" if cfg.pretrain_cache else None
+    record = {"external_data": cfg.external_data, "leak_guard": report.line(), "n_external": report.n_external + n_young,
+              "n_young": n_young, "n_dropped": report.n_dropped, "threshold": report.threshold, "key": key}
+    if cached is not None and cached.is_file():
+        record.update(json.loads(cached.with_suffix(".json").read_text()), from_cache=str(cached))
+        log.info("pretrained face backbone from the cache: %s", cached)
+    else:
+        images, bad = cached_images(rows["path"], cfg.img_size, "skip", crop, cfg.image_cache)
+        keep = np.setdiff1d(np.arange(len(rows)), bad)
+        trained = pretrain(cfg, rows.iloc[keep].reset_index(drop=True), np.asarray(images)[keep] if bad else images)
+        record.update(trained["record"], n_unreadable=len(bad))
+        target = cached or run.pretrained_face
+        _save(trained["weights"], target)
+        if cached is not None:
+            write_json(cached.with_suffix(".json"), trained["record"])
+    if cached is not None:
+        run.external_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run.pretrained_face.with_name(f".{run.pretrained_face.name}.{os.getpid()}.tmp")
+        shutil.copyfile(cached, tmp)
+        os.replace(tmp, run.pretrained_face)
+    record["prepare_seconds"] = time.perf_counter() - start
+    write_json(run.pretrain_record, record)
+    return run.pretrained_face
+
+
+def pretrain_key(cfg: Config, paths, crop) -> str:
+    blob = {"v": VERSION, "files": cache_key(paths, cfg.img_size, crop),
+            **{k: getattr(cfg, k) for k in PRETRAIN_KEYS}}
+    return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pretrain(cfg: Config, rows: pd.DataFrame, images: np.ndarray) -> dict:
+    """Trains pretrain_config(cfg) on the external faces; returns {"weights": the face backbone's and face heads'
+    state dicts (the EMA's when there is one), "record": what it trained on and how long it took}."""
+    from mcls.runtime.device import Runtime, seed_everything
+    from mcls.train.fit import build, train_epoch
+
+    pcfg = pretrain_config(cfg)
+    rt = Runtime.from_config(pcfg)
+    seed_everything(pcfg.training_seed)
+    parts = build(pcfg, rt, rows, images)
+    start, losses = time.perf_counter(), []
+    for epoch in range(pcfg.epochs):
+        stats = train_epoch(pcfg, rt, parts, epoch, desc="pretrain")
+        losses.append(round(stats["train_loss"], 4))
+        log.info("pretraining epoch %d/%d on %d external faces: train loss %.3f, %.0f img/s", epoch + 1, pcfg.epochs,
+                 len(rows), stats["train_loss"], stats["train_img_per_s"])
+    model = parts.scored
+    weights = {"backbone_name": pcfg.backbone, "backbone": _cpu(model.backbone.state_dict()),
+               "heads": {h: _cpu(model.heads[h].state_dict()) for h in FACE_HEADS if h in model.heads}}
+    record = {"n_trained": len(rows), "epochs": pcfg.epochs, "train_loss": losses,
+              "pretrain_seconds": time.perf_counter() - start,
+              "ages": {band: int(n) for band, n in zip(("<30", "30-59", ">=60"),
+                                                       np.bincount(rows["age_band"], minlength=3))}}
+    return {"weights": weights, "record": record}
+
+
+def load_face_weights(model, path) -> None:
+    """Starts `model`'s gender and age tasks from a pretrained face backbone file: every backbone that feeds a face
+    head takes its weights, and each face head the file holds; the mask task (head and own backbone) is left alone.
+    Raises one sentence naming the file when its backbone is another architecture."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    face_heads = [h for h in FACE_HEADS if h in model.heads]
+    backbones = {id(model.backbone_for(h)): model.backbone_for(h) for h in face_heads or ["class"]}
+    try:
+        for net in backbones.values():
+            net.load_state_dict(saved["backbone"])
+        for h in face_heads:
+            if h in saved["heads"]:
+                model.heads[h].load_state_dict(saved["heads"][h])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: a pretrained {saved['backbone_name']} backbone does not fit this model "
+                         f"({str(err).splitlines()[0]}); delete it to pretrain again") from None
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def _save(weights: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(weights, tmp)
+    os.replace(tmp, path)
+
+
+def external_lines(run: Run) -> list[str]:
+    """What a user reads about a run's external data: the leak guard's line and the pretraining's record; [] when
+    the run has none."""
+    if not run.pretrain_record.is_file():
+        return []
+    r = json.loads(run.pretrain_record.read_text())
+    ages = ", ".join(f"{band} {n}" for band, n in r.get("ages", {}).items())
+    return [f"external data {r['external_data']}: {r['leak_guard']}",
+            f"{r['n_young']} faces under the minimum age left out; {r['n_trained']} faces ({ages}) pretrained the "
+            f"gender/age backbone for {r['epochs']} epochs in {r['pretrain_seconds'] / 60:.1f} min"
+            + (f" (taken from the cache {r['from_cache']})" if "from_cache" in r else ""),
+            f"pairs and figures: {run.external_dir}"]
