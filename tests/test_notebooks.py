@@ -61,18 +61,21 @@ def assert_shows_what_it_saved(run_dir: Path, name: str) -> list[str]:
 
 
 def test_00_eda(tmp_path):
-    execute("00_eda", tmp_path)
+    execute("00_eda", tmp_path, external_data=str(ROOT / "data" / "external-sample"))
     m = metrics(tmp_path, "00_eda")
     assert m["persons"] == 48 and m["images"] == 336 and sum(m["images_per_class"]) == 336
     assert m["folder_problems"] == 0 and set(m["extensions"]) == {".jpg", ".jpeg", ".png"}
-    for fig in ("class_counts", "age_histogram", "class_grid", "rgb_histograms"):
+    for fig in ("class_counts", "age_histogram", "class_grid", "rgb_histograms", "external_ages"):
         assert (tmp_path / "00_eda" / f"{fig}.png").stat().st_size > 1000
-    assert_shows_what_it_saved(tmp_path, "00_eda")
+    texts = assert_shows_what_it_saved(tmp_path, "00_eda")
+    # the external set's cells beside the competition's: 4 faces in each of the sample's six cells
+    table = next(t for t in texts if "external faces" in t)
+    assert re.search(r"female\s+<30\s+8\s+4", table) and re.search(r"all\s+under 18\s+0\s+0", table)
 
 
 def test_03_train(tmp_path):
     execute("03_train", tmp_path, backbone="test_efficientnet", pretrained="none", n_folds=4, smoke=False,
-            img_size=32, epochs=2)
+            img_size=32, epochs=2, external_data="data/external-sample")
     m = metrics(tmp_path, "03_train")
     assert 0 <= m["f1"] <= 1 and m["folds"] == [0]
     assert (tmp_path / "fold0" / "best.pt").is_file() and (tmp_path / "03_train" / "fold_scores.png").is_file()
@@ -81,6 +84,12 @@ def test_03_train(tmp_path):
     epoch_lines = re.findall(r"^fold 0 epoch (\d)/2: train loss [\d.]+, val loss [\d.]+, val F1 [\d.]+ "
                              r"\(mask [\d.]+, gender [\d.]+, age [\d.]+\), \d+ img/s", "\n".join(texts), re.M)
     assert epoch_lines == ["1", "2"]  # one line per epoch, in the training cell's output
+    # the external data's leak guard line and pretraining, above its pairs and distances
+    assert re.search(r"^external data data/external-sample: dropped \d+ of 24 external faces that match competition "
+                     r"persons \(threshold [\d.]+\)$", "\n".join(texts), re.M)
+    images, _ = outputs(tmp_path / "notebooks" / "03_train.ipynb")
+    for name in ("leak_pairs", "nearest_distance"):
+        assert hashlib.sha1((tmp_path / "external" / f"{name}.png").read_bytes()).hexdigest() in images
 
 
 def test_05_submission(trained_run):
