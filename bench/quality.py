@@ -129,8 +129,13 @@ ON_MULTI_DEFAULT = {
     # the face probe's gender suspects reviewed by eye (3 of 8 flipped); scored on the labels as given, like eval
     "default+relabel": dict(relabel_file="data/relabel/utkmask-gender.csv"),
 }
+# External face-age photos, given as --data is (relative to the repository root), never trained as competition data.
+EXTERNAL = "../shared/data/utkface-extra"
 ON_DEFAULT = {
     **{name: {**MULTI_DEFAULT, **keys} for name, keys in ON_MULTI_DEFAULT.items()},
+    # on the default of 2026-12-03 (mask apart): its gender/age backbone pretrained once on the external adults that
+    # pass the leak guard (mcls.train.pretrain), then every fold as the default trains it
+    "default+external": dict(external_data=EXTERNAL),
 }
 
 # Averages of variants' validation probabilities (every variant splits its folds with seed 42, so fold k is the same
@@ -203,12 +208,13 @@ def run_folder(name: str, data_dir: str, runs: Path) -> Path:
 
 # Keys that do not change what a fold trains or how the bench scores it (TTA, person grouping and calibration are
 # scored every way regardless).
-NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "num_workers", "compile", "device", "amp_dtype",
+NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "pretrain_cache", "num_workers", "compile", "device", "amp_dtype",
               "tta", "person_consistent", "calibrate_age", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke")
 # Keys added to Config after folds were run, at the value that reproduces the old training: left out of the hash
 # at that value, so finished folds stay valid.
 NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none", "train_seed": -1, "members": [], "mask_backbone": "",
-           "mask_size": 0, "mix_tasks": "all", "mask_view": "none"}
+           "mask_size": 0, "mix_tasks": "all", "mask_view": "none", "external_data": "", "external_min_age": 18,
+           "external_epochs": 5}
 
 
 def config_hash(cfg: Config) -> str:
@@ -297,6 +303,7 @@ def summarise(folds: pd.DataFrame) -> pd.DataFrame:
                          "acc_age": m("acc_age"), "f1_age": m("f1_age"), "f1_old": m("f1_old"),
                          "group_ari": g["group_ari"].mean() if "persons" in tag else np.nan,
                          "train_min_per_fold": g["wall_s"].mean() / 60, "cpu_min_per_fold": g["cpu_s"].mean() / 60,
+                         "pretrain_min_once": g["pretrain_s"].mean() / 60 if "pretrain_s" in g else np.nan,
                          "best_epoch": g["best_epoch"].mean(),
                          # the epoch choice's optimism, per image without TTA: chosen by each fold on its own
                          # persons, the last epoch, chosen on the other folds (honest)
@@ -342,6 +349,11 @@ def run_variant(name: str, folds: list[int], args, data: DataCache) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not Run(run_dir).config_file.exists():
         Run(run_dir).config_file.write_text(cfg.to_yaml())
+    if cfg.external_data:  # once, before the folds, so that their minutes leave the one-off pretraining out
+        from mcls.train.pretrain import external_lines, prepare_external
+
+        prepare_external(cfg, Run(run_dir))
+        print("\n".join(external_lines(Run(run_dir))), flush=True)
     for k in folds:
         res = run_fold(cfg, k, run_dir, data, robustness=(k == 0))
         print(f"{name} fold {k}: f1 {res['f1']:.4f}  +tta {res['f1+tta']:.4f}  +persons "
@@ -360,6 +372,9 @@ def collect(runs: Path, data_dir: str, realmask: str | None = None, face_prior: 
         if realmask and "real_mask_f1" not in record:
             record.update(real_mask_scores(done.parent / "best.pt", realmask))
             write_json(done, record)
+        pretrained = Run(done.parent.parent).pretrain_record
+        if pretrained.is_file():  # the one-off pretraining on external faces, outside every fold's minutes
+            record["pretrain_s"] = json.loads(pretrained.read_text()).get("pretrain_seconds", np.nan)
         folds.append({"variant": name, "run": done.parent.parent.name, **record})
         rob = done.parent / "robustness.csv"
         if rob.exists():
@@ -571,7 +586,9 @@ def write_tables(runs: Path, out: Path, command: str, default_run: str, data_dir
             f"Last command: `{command}`\n\n"
             "`+calib`: the age-band prior bias (mcls/infer/calibration.py) scored on each fold after fitting it on the "
             "variant's other folds only. Mean over the folds run (`folds`), `f1_std` its spread; `train_min_per_fold` is wall time while the "
-            "benchmark ran (pauses excluded), `cpu_min_per_fold` the process's CPU time (2 threads).\n\n"
+            "benchmark ran (pauses excluded), `cpu_min_per_fold` the process's CPU time (2 threads); "
+            "`pretrain_min_once` the one-off pretraining of a variant with external data (its leak guard and "
+            "decoding not included), which no fold's minutes hold.\n\n"
             + table.round(4).to_markdown(index=False) + "\n")
     if not robust.empty:
         robust.to_csv(out / "quality_robustness.csv", index=False)
