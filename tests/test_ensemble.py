@@ -130,6 +130,16 @@ def test_the_per_task_preset_is_the_variant_the_benchmark_measured(quality, tmp_
     assert quality.config_hash(cfg) == quality.config_hash(measured)
 
 
+def test_the_external_preset_is_the_benchmarked_variant_on_its_own_set(quality, tmp_path):
+    cfg = load_config("external", [f"run_dir={tmp_path / 'e'}", f"external_data={quality.EXTERNAL}"])
+    measured = quality.variant_config("default+external", cfg.data_dir, tmp_path)
+    assert quality.config_hash(cfg) == quality.config_hash(measured)
+    # keys added since (the external ones at their defaults) leave the recorded runs' folders where they were
+    recorded = {run.rsplit("-", 1)[1] for run in pd.read_csv(ROOT / "bench" / "results" / "quality_folds.csv")["run"]}
+    for name in ("default", "multi-default", "default+separate-maskmix-reframe", "default+relabel"):
+        assert quality.config_hash(quality.variant_config(name, "../shared/data/utkmask", tmp_path)) in recorded, name
+
+
 def test_ensemble_selection_adds_a_helpful_model_and_stops_before_a_harmful_one(quality, tmp_path):
     from mcls.runs.layout import FLIP_COLUMNS
 
