@@ -9,6 +9,7 @@ import matplotlib
 if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline", "nbagg", "widget", "ipympl")):
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -90,6 +91,9 @@ def cut_histogram(values, bins, cut: float, cut_label: str, xlabel: str, ylabel:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{ylabel} (log scale)")
     ax.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 1, 10, 100, not 10^k
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend()
     return fig
 

@@ -85,7 +85,7 @@ def prepare_external(cfg: Config, run: Run) -> Path:
     key = pretrain_key(cfg, rows["path"], crop)
     cached = Path(cfg.pretrain_cache) / f"{key}.pt" if cfg.pretrain_cache else None
     record = {"external_data": cfg.external_data, "leak_guard": report.line(), "n_external": report.n_external + n_young,
-              "n_young": n_young, "n_dropped": report.n_dropped, "threshold": report.threshold, "key": key}
+              "n_young": n_young, "min_age": cfg.external_min_age, "n_dropped": report.n_dropped, "threshold": report.threshold, "key": key}
     if cached is not None and cached.is_file():
         record.update(json.loads(cached.with_suffix(".json").read_text()), from_cache=str(cached))
         log.info("pretrained face backbone from the cache: %s", cached)
@@ -177,7 +177,8 @@ def external_lines(run: Run) -> list[str]:
     r = json.loads(run.pretrain_record.read_text())
     ages = ", ".join(f"{band} {n}" for band, n in r.get("ages", {}).items())
     return [f"external data {r['external_data']}: {r['leak_guard']}",
-            f"{r['n_young']} faces under the minimum age left out; {r['n_trained']} faces ({ages}) pretrained the "
-            f"gender/age backbone for {r['epochs']} epochs in {r['pretrain_seconds'] / 60:.1f} min"
+            f"{r['n_young']} faces under {r['min_age']} left out; {r['n_trained']} faces ({ages}) pretrained the "
+            f"gender/age backbone for {r['epochs']} epoch{'s' * (r['epochs'] != 1)} in "
+            f"{r['pretrain_seconds'] / 60:.1f} min"
             + (f" (taken from the cache {r['from_cache']})" if "from_cache" in r else ""),
             f"pairs and figures: {run.external_dir}"]
