@@ -301,12 +301,19 @@ def cmd_leak_check(args) -> None:
     from mcls.data.faces import CropSettings
     from mcls.data.leak_guard import competition_photos, guard, save_report
 
+    # the keys the guard reads: the two sets, its threshold and how faces are found for the descriptors
+    accepted = ("data_dir", "external_data", "external_threshold", "crop_cache", "crop_min_confidence", "device")
+    unknown = sorted(set(_given(args)) - set(accepted))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: mean(s) nothing to `mcls leak-check`; it takes {', '.join(accepted)}")
     cfg = _config(args)
-    external = read_external(args.external)  # every bad name or row, before any descriptor is computed
+    if not cfg.external_data:
+        raise ConfigError("leak-check needs external_data=<folder of UTKFace-named photos or path,age,gender CSV>")
+    external = read_external(cfg.external_data)  # every bad name or row, before any descriptor is computed
     photos = competition_photos(cfg.data_dir)
     settings = CropSettings.from_config(cfg.updated({"crop": "mtcnn"}))
-    report = guard(external, photos, args.threshold, settings)
-    out = Path(args.out or Path("runs") / "leak-check" / Path(args.external).stem)
+    report = guard(external, photos, cfg.external_threshold, settings)
+    out = Path(args.out or Path("runs") / "leak-check" / Path(cfg.external_data).stem)
     save_report(report, out)
     print(report.line())
     print(f"pairs, kept faces and figures: {out}")
@@ -383,10 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="measure energy on this many random validation images (default: all)")
     p.add_argument("--out", help="output folder (default: the run folder)")
     p = add("leak-check", cmd_leak_check, "compare an external face-age set (UTKFace-named folder or path,age,gender "
-            "CSV) with every photo in data_dir; write the matches it would drop")
-    p.add_argument("--external", required=True, help="folder of UTKFace-named photos or a path,age,gender CSV")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="descriptor distance under which two faces are one person (default: the leak guard's)")
+            "CSV, key external_data) with every photo in data_dir; write the matches it would drop (external_threshold)")
     p.add_argument("--out", help="output folder (default runs/leak-check/<name>)")
     p = add("crop", cmd_crop, "detect faces (MTCNN, cached) in data_dir train+eval or a folder; print the detection "
                               "rate, write a per-image report (keys crop_margin, crop_chin, crop_min_confidence, ...)")

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 ONE_BACKBONE = {"mask_backbone": "", "mask_size": 0, "mix": "none", "mix_tasks": "all", "mask_view": "none"}
 
 # The keys that shape the external data's pretraining: they act only with external_data.
-EXTERNAL_KEYS = ("external_min_age", "external_epochs")
+EXTERNAL_KEYS = ("external_min_age", "external_epochs", "external_threshold")
 
 
 @dataclass
@@ -91,6 +91,9 @@ class Config:
     # pass the leak guard pretrain the gender/age backbone once, and every fold starts from it (mcls.train.pretrain)
     external_data: str = ""
     external_min_age: int = 18  # external faces younger than this are left out (the competition's persons are adults)
+    # the leak guard: external faces closer than this to a competition face (unit-length dlib descriptors) are one of
+    # its persons and dropped; chosen on this data's distances (docs/external-data.md, bench/leak_threshold.py)
+    external_threshold: float = 0.4
     external_epochs: int = 5  # epochs of the one-off pretraining on the external faces
     pretrain_cache: str = ".cache/mcls/pretrained"  # pretrained backbones keyed by their inputs; "" = the run's only
     sync_bn: bool = False  # SyncBatchNorm across processes under torchrun
@@ -226,9 +229,9 @@ class Config:
         if external and not self.external_data:
             out.append(f"{', '.join(f'{k}={v!r}' for k, v in external.items())} act only with external_data (a "
                        f"folder or CSV of external face-age photos); set it or leave them at their defaults")
-        if not 0 <= self.external_min_age <= 120 or self.external_epochs < 1:
-            out.append(f"external_min_age={self.external_min_age} must be in 0..120 and external_epochs="
-                       f"{self.external_epochs} at least 1")
+        if not 0 <= self.external_min_age <= 120 or self.external_epochs < 1 or not 0 < self.external_threshold < 2:
+            out.append(f"external_min_age={self.external_min_age} must be in 0..120, external_epochs="
+                       f"{self.external_epochs} at least 1 and external_threshold={self.external_threshold} in (0, 2)")
         if self.crop_margin < 0 or self.crop_chin < 0 or not 0 < self.crop_fallback <= 1:
             out.append(f"crop_margin={self.crop_margin} and crop_chin={self.crop_chin} must be >= 0, "
                        f"crop_fallback={self.crop_fallback} in (0, 1]")

@@ -34,7 +34,7 @@ def _plant(tmp_path):
 def test_a_planted_competition_face_is_dropped_however_copied_and_a_stranger_is_kept(tmp_path):
     ext, normal = _plant(tmp_path)
     external = read_external(ext)
-    report = guard(external, competition_photos(SAMPLE), settings=CropSettings(cache_dir=str(tmp_path / "cache")))
+    report = guard(external, competition_photos(SAMPLE), 0.4, CropSettings(cache_dir=str(tmp_path / "cache")))
     assert report.n_external == 5 and report.n_dropped == 4
     assert [p.split("/")[-1] for p in report.kept["path"]] == ["45_1_0_20170101000005.jpg"]
     assert set(report.pairs["competition"]) == {str(normal)}
@@ -46,7 +46,7 @@ def test_a_planted_competition_face_is_dropped_however_copied_and_a_stranger_is_
     cached = sorted((tmp_path / "cache").rglob("*.npy"))
     assert len(cached) >= 5
     mtimes = [p.stat().st_mtime_ns for p in cached]
-    guard(external, competition_photos(SAMPLE), settings=CropSettings(cache_dir=str(tmp_path / "cache")))
+    guard(external, competition_photos(SAMPLE), 0.4, CropSettings(cache_dir=str(tmp_path / "cache")))
     assert [p.stat().st_mtime_ns for p in cached] == mtimes
 
 
@@ -68,7 +68,7 @@ def test_the_leak_check_command_prints_the_count_and_leaves_pairs_and_figures(tm
 
     ext, normal = _plant(tmp_path)
     out = tmp_path / "check"
-    assert main(["leak-check", "--external", str(ext), f"data_dir={SAMPLE}", f"crop_cache={tmp_path / 'cache'}",
+    assert main(["leak-check", f"external_data={ext}", f"data_dir={SAMPLE}", f"crop_cache={tmp_path / 'cache'}",
                  "--out", str(out)]) in (0, None)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2].startswith("dropped 4 of 5 external faces that match competition persons (threshold ")
@@ -80,6 +80,9 @@ def test_the_leak_check_command_prints_the_count_and_leaves_pairs_and_figures(tm
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "holiday.jpg").write_bytes((ext / "45_1_0_20170101000005.jpg").read_bytes())
-    assert main(["leak-check", "--external", str(bad), f"data_dir={SAMPLE}"]) not in (0, None)
+    assert main(["leak-check", f"external_data={bad}", f"data_dir={SAMPLE}"]) not in (0, None)
     err = capsys.readouterr().err
     assert "holiday.jpg" in err and "not a UTKFace name" in err and len(err.strip().splitlines()) <= 3
+    # a key the guard does not read is refused with those it does
+    assert main(["leak-check", f"external_data={ext}", "epochs=3"]) not in (0, None)
+    assert "epochs: mean(s) nothing to `mcls leak-check`; it takes data_dir, external_data" in capsys.readouterr().err

@@ -20,8 +20,6 @@ import pandas as pd
 from mcls.data.faces import CropSettings
 from mcls.data.images import BadImageError, load_resized
 
-# dlib's 0.6 in the kit's unit-length units (raw descriptors of data/sample's faces: 1.36-1.60 long, mean 1.44)
-DEFAULT_THRESHOLD = 0.4
 HASH_BITS = 6  # of 63: how far two difference hashes of one photo may drift through resizing and JPEG
 
 
@@ -73,14 +71,13 @@ def _hash_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(bad, 64, bits)
 
 
-def guard(external: pd.DataFrame, competition_paths, threshold: float | None = None,
-          settings: CropSettings = CropSettings(), cache_dir: str | None = None, chunk: int = 2048) -> LeakReport:
+def guard(external: pd.DataFrame, competition_paths, threshold: float, settings: CropSettings = CropSettings(),
+          cache_dir: str | None = None, chunk: int = 2048) -> LeakReport:
     """Compares every external face (a read_external table) with every competition photo; returns what is kept and
-    the matched pairs (threshold None = DEFAULT_THRESHOLD). Descriptors come from the cache when they were computed
+    the matched pairs (`threshold`: the config's external_threshold). Descriptors come from the cache when they were computed
     before."""
     from mcls.data.embeddings import face_descriptors
 
-    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     competition_paths = [str(p) for p in competition_paths]
     ext_paths = external["path"].astype(str).tolist()
     ext_desc = face_descriptors(ext_paths, settings, cache_dir)

@@ -60,7 +60,7 @@ def external_rows(cfg: Config):
     external = read_external(cfg.external_data)
     adults = external[external["age"] >= cfg.external_min_age].reset_index(drop=True)
     # descriptors need the face box whatever the run's own crop is
-    report = guard(adults, competition_photos(cfg.data_dir), None,
+    report = guard(adults, competition_photos(cfg.data_dir), cfg.external_threshold,
                    CropSettings.from_config(cfg.updated({"crop": "mtcnn"})))
     rows = report.kept.copy()
     rows["mask"] = NOT_WEAR
