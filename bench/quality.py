@@ -214,7 +214,7 @@ NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "pretra
 # at that value, so finished folds stay valid.
 NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none", "train_seed": -1, "members": [], "mask_backbone": "",
            "mask_size": 0, "mix_tasks": "all", "mask_view": "none", "external_data": "", "external_min_age": 18,
-           "external_epochs": 5}
+           "external_epochs": 5, "external_threshold": 0.3}
 
 
 def config_hash(cfg: Config) -> str:

@@ -93,7 +93,7 @@ class Config:
     external_min_age: int = 18  # external faces younger than this are left out (the competition's persons are adults)
     # the leak guard: external faces closer than this to a competition face (unit-length dlib descriptors) are one of
     # its persons and dropped; chosen on this data's distances (docs/external-data.md, bench/leak_threshold.py)
-    external_threshold: float = 0.4
+    external_threshold: float = 0.3
     external_epochs: int = 5  # epochs of the one-off pretraining on the external faces
     pretrain_cache: str = ".cache/mcls/pretrained"  # pretrained backbones keyed by their inputs; "" = the run's only
     sync_bn: bool = False  # SyncBatchNorm across processes under torchrun

@@ -7,7 +7,7 @@ every competition face by two checks:
 - the same person: dlib's 128-d face descriptors (mcls.data.embeddings, cached by file content) closer than
   `threshold` (Euclidean distance between the unit-length descriptors the kit keeps; dlib's own same-person rule
   is 0.6 between its raw descriptors, which are about 1.44 long on these faces, so 0.6 / 1.44 ~ 0.42 here);
-- the same photo: a 63-bit difference hash of the grayscale picture, in both orientations, within a few bits, which
+- the same photo: a 255-bit difference hash of the grayscale picture, in both orientations, within a few bits, which
   catches copies that were flipped, resized or re-encoded even where no face descriptor could be computed.
 """
 from __future__ import annotations
@@ -20,7 +20,9 @@ import pandas as pd
 from mcls.data.faces import CropSettings
 from mcls.data.images import BadImageError, load_resized
 
-HASH_BITS = 6  # of 63: how far two difference hashes of one photo may drift through resizing and JPEG
+# of 255: how far two hashes of one photo drift through mirroring, resizing and JPEG (at most 11 on data/sample's
+# faces); strangers' aligned faces sit 22 or more apart (bench/results/leak_threshold.md)
+HASH_BITS = 16
 
 
 @dataclass
@@ -47,32 +49,33 @@ class LeakReport:
                 f"(threshold {self.threshold:g})")
 
 
-def photo_hash(path) -> tuple[int, int]:
-    """(hash, hash of the mirror image): 63-bit difference hashes of the photo's 8 x 8 grayscale block means; (-1, -1)
-    if it cannot be read."""
+HASH_GRID = 16  # block means a side: 16 x 15 + 15 = 255 bits
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def photo_hash(path) -> np.ndarray | None:
+    """(2, 32) uint8: 255-bit difference hashes of the photo's 16 x 16 grayscale block means, as is and mirrored;
+    None if it cannot be read."""
     try:
-        arr = load_resized(path, 64).astype(np.float32).mean(-1)
+        arr = load_resized(path, HASH_GRID * 8).astype(np.float32).mean(-1)
     except BadImageError:
-        return -1, -1
-    small = arr.reshape(8, 8, 8, 8).mean((1, 3))  # 8 x 8 block means
+        return None
+    small = arr.reshape(HASH_GRID, 8, HASH_GRID, 8).mean((1, 3))
     out = []
     for img in (small, small[:, ::-1]):
-        bits = (img[:, 1:] > img[:, :-1]).flatten()  # 8 x 7 = 56 bits of left-to-right gradient ...
-        bits = np.concatenate([bits, img[1:, 0] > img[:-1, 0]])  # ... and 7 of the first column's vertical one
-        out.append(int("".join("1" if b else "0" for b in bits), 2))
-    return out[0], out[1]
+        bits = (img[:, 1:] > img[:, :-1]).flatten()  # 16 x 15 bits of left-to-right gradient ...
+        bits = np.concatenate([bits, img[1:, 0] > img[:-1, 0], [False]])  # ... 15 of the first column's, 1 pad
+        out.append(np.packbits(bits))
+    return np.stack(out)
 
 
-def _hash_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) bits apart; unreadable photos (-1) are never close."""
-    x = np.bitwise_xor(a[:, None].astype(np.uint64), b[None, :].astype(np.uint64))
-    bits = np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
-    bad = (a[:, None] < 0) | (b[None, :] < 0)
-    return np.where(bad, 64, bits)
+def hash_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) bits apart between two stacks of packed hashes."""
+    return _POPCOUNT[np.bitwise_xor(a[:, None, :], b[None, :, :])].sum(-1, dtype=np.int32)
 
 
 def guard(external: pd.DataFrame, competition_paths, threshold: float, settings: CropSettings = CropSettings(),
-          cache_dir: str | None = None, chunk: int = 2048) -> LeakReport:
+          cache_dir: str | None = None, chunk: int = 512) -> LeakReport:
     """Compares every external face (a read_external table) with every competition photo; returns what is kept and
     the matched pairs (`threshold`: the config's external_threshold). Descriptors come from the cache when they were computed
     before."""
@@ -82,19 +85,22 @@ def guard(external: pd.DataFrame, competition_paths, threshold: float, settings:
     ext_paths = external["path"].astype(str).tolist()
     ext_desc = face_descriptors(ext_paths, settings, cache_dir)
     comp_desc = face_descriptors(competition_paths, settings, cache_dir)
-    ext_hash = np.array([photo_hash(p) for p in ext_paths], dtype=np.int64).reshape(-1, 2)
-    comp_hash = np.array([photo_hash(p)[0] for p in competition_paths], dtype=np.int64)
+    ext_hash, ext_readable = _hashes(ext_paths)
+    comp_hash, comp_readable = _hashes(competition_paths)
     # a zero row is a face dlib could not read: it must not match another zero row
     ext_ok, comp_ok = np.abs(ext_desc).sum(1) > 0, np.abs(comp_desc).sum(1) > 0
     nearest = np.full(len(ext_paths), -1)
     dist = np.full(len(ext_paths), np.inf, dtype=np.float32)
-    bits = np.full(len(ext_paths), 64)
+    far = 8 * comp_hash.shape[-1]  # bits apart of a photo that could not be read: never close
+    bits = np.full(len(ext_paths), far)
     for start in range(0, len(ext_paths), chunk):
         rows = slice(start, start + chunk)
         d = np.sqrt(np.clip(2 - 2 * ext_desc[rows] @ comp_desc.T, 0, None))
         d[~ext_ok[rows]] = np.inf
         d[:, ~comp_ok] = np.inf
-        h = np.minimum(_hash_distance(ext_hash[rows, 0], comp_hash), _hash_distance(ext_hash[rows, 1], comp_hash))
+        h = np.minimum(hash_bits(ext_hash[rows, 0], comp_hash[:, 0]), hash_bits(ext_hash[rows, 1], comp_hash[:, 0]))
+        h[~ext_readable[rows]] = far
+        h[:, ~comp_readable] = far
         dist[rows], bits[rows] = d.min(1), h.min(1)
         # the pair shown is the nearest face, or the nearest photo where only the photo hash matched
         photo_only = (bits[rows] <= HASH_BITS) & (dist[rows] >= threshold)
@@ -107,6 +113,14 @@ def guard(external: pd.DataFrame, competition_paths, threshold: float, settings:
                           "match": np.where(by_face[matched], "face", "photo")})
     return LeakReport(external[~matched].reset_index(drop=True), pairs.sort_values("distance").reset_index(drop=True),
                       dist, threshold)
+
+
+def _hashes(paths) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 2, 32) photo hashes and whether each photo could be read."""
+    hashes = [photo_hash(p) for p in paths]
+    readable = np.array([h is not None for h in hashes], dtype=bool)
+    blank = np.zeros((2, 32), dtype=np.uint8)
+    return np.stack([blank if h is None else h for h in hashes]).reshape(len(paths), 2, 32), readable
 
 
 def competition_photos(data_dir) -> list[str]:
