@@ -73,7 +73,8 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     sampled = rng.choice(normals["person"].unique(), min(args.masked_persons, normals["person"].nunique()),
                          replace=False)
-    masked = train[train["person"].isin(sampled) & train["stem"].isin(["mask1", "incorrect_mask"])].reset_index(drop=True)
+    chosen = train["person"].isin(sampled) & train["stem"].isin(["mask1", "incorrect_mask"])
+    masked = train[chosen].reset_index(drop=True)
     evals = load_eval_table(args.data)
     external = read_external(args.external)
     adults = external[external["age"] >= cfg.external_min_age].reset_index(drop=True)

@@ -390,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="measure energy on this many random validation images (default: all)")
     p.add_argument("--out", help="output folder (default: the run folder)")
     p = add("leak-check", cmd_leak_check, "compare an external face-age set (UTKFace-named folder or path,age,gender "
-            "CSV, key external_data) with every photo in data_dir; write the matches it would drop (external_threshold)")
+            "CSV, key external_data) with every photo in data_dir; write the matches it would drop "
+            "(external_threshold)")
     p.add_argument("--out", help="output folder (default runs/leak-check/<name>)")
     p = add("crop", cmd_crop, "detect faces (MTCNN, cached) in data_dir train+eval or a folder; print the detection "
                               "rate, write a per-image report (keys crop_margin, crop_chin, crop_min_confidence, ...)")

@@ -84,8 +84,9 @@ def prepare_external(cfg: Config, run: Run) -> Path:
     crop = CropSettings.from_config(cfg)
     key = pretrain_key(cfg, rows["path"], crop)
     cached = Path(cfg.pretrain_cache) / f"{key}.pt" if cfg.pretrain_cache else None
-    record = {"external_data": cfg.external_data, "leak_guard": report.line(), "n_external": report.n_external + n_young,
-              "n_young": n_young, "min_age": cfg.external_min_age, "n_dropped": report.n_dropped, "threshold": report.threshold, "key": key}
+    record = {"external_data": cfg.external_data, "leak_guard": report.line(),
+              "n_external": report.n_external + n_young, "n_young": n_young, "min_age": cfg.external_min_age,
+              "n_dropped": report.n_dropped, "threshold": report.threshold, "key": key}
     if cached is not None and cached.is_file():
         record.update(json.loads(cached.with_suffix(".json").read_text()), from_cache=str(cached))
         log.info("pretrained face backbone from the cache: %s", cached)
