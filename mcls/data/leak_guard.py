@@ -77,9 +77,8 @@ def hash_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def guard(external: pd.DataFrame, competition_paths, threshold: float, settings: CropSettings = CropSettings(),
           cache_dir: str | None = None, chunk: int = 512) -> LeakReport:
     """Compares every external face (a read_external table) with every competition photo; returns what is kept and
-    the matched pairs (`threshold`: the config's external_threshold). Descriptors come from the cache when they were
-    computed
-    before."""
+    the matched pairs (`threshold`: the config's external_threshold). Descriptors computed before come from the
+    cache."""
     from mcls.data.embeddings import face_descriptors
 
     competition_paths = [str(p) for p in competition_paths]
