@@ -5,8 +5,10 @@ on, it would carry that person's labels into validation or the test set. Every e
 every competition face by two checks:
 
 - the same person: dlib's 128-d face descriptors (mcls.data.embeddings, cached by file content) closer than
-  `threshold` (Euclidean distance between the unit-length descriptors the kit keeps; dlib's own same-person rule
-  is 0.6 between its raw descriptors, which are about 1.44 long on these faces, so 0.6 / 1.44 ~ 0.42 here);
+  `threshold` (Euclidean distance between the unit-length descriptors the kit keeps; the config's
+  external_threshold). dlib's own same-person rule, 0.6 between raw descriptors (about 0.42 here), is for one pair:
+  against thousands of photos it finds a look-alike for most faces, so the threshold comes from this data's
+  distances (docs/external-data.md);
 - the same photo: a 255-bit difference hash of the grayscale picture, in both orientations, within a few bits, which
   catches copies that were flipped, resized or re-encoded even where no face descriptor could be computed.
 """
@@ -20,9 +22,11 @@ import pandas as pd
 from mcls.data.faces import CropSettings
 from mcls.data.images import BadImageError, load_resized
 
+HASH_GRID = 16  # block means a side: 16 x 15 + 15 = 255 bits
 # of 255: how far two hashes of one photo drift through mirroring, resizing and JPEG (at most 11 on data/sample's
-# faces); strangers' aligned faces sit 22 or more apart (bench/results/leak_threshold.md)
+# faces); the closest 0.1 % of utkface-extra's faces are 22 bits from their nearest competition photo
 HASH_BITS = 16
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 @dataclass
@@ -47,10 +51,6 @@ class LeakReport:
     def line(self) -> str:
         return (f"dropped {self.n_dropped} of {self.n_external} external faces that match competition persons "
                 f"(threshold {self.threshold:g})")
-
-
-HASH_GRID = 16  # block means a side: 16 x 15 + 15 = 255 bits
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def photo_hash(path) -> np.ndarray | None:
