@@ -12,7 +12,7 @@ from PIL import Image
 
 from mcls.data.images import load_resized
 from mcls.data.table import person_images, read_persons
-from mcls.labels import GENDERS, MASK_STATES, age_band_names, class_names
+from mcls.labels import GENDERS, MASK_STATES, age_band, age_band_names, class_names
 
 
 def folder_problems(data_dir: str | Path) -> pd.DataFrame:
@@ -73,8 +73,8 @@ def external_beside(table: pd.DataFrame, external: pd.DataFrame, age_bounds=(30,
     rows = []
     for name, df in sets.items():
         cells = pd.crosstab(df["gender"].map(dict(enumerate(GENDERS))).rename("gender"),
-                            pd.Series(pd.cut(df["age"], [-1, age_bounds[0] - 1, age_bounds[1] - 1, 200],
-                                             labels=bands), name="age band", index=df.index))
+                            pd.Series(pd.Categorical.from_codes(age_band(df["age"], age_bounds), bands),
+                                      name="age band", index=df.index))
         rows.append(cells.stack().rename(f"{name} {'persons' if name == 'competition' else 'faces'}"))
     shares = pd.concat(rows, axis=1).fillna(0).astype(int)
     shares.loc[("all", f"under {min_age}"), :] = [0, int((external["age"] < min_age).sum())]

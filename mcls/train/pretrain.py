@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ import torch
 from mcls.config import Config
 from mcls.data.cache import cache_key, cached_images
 from mcls.data.faces import CropSettings
-from mcls.io import write_json
+from mcls.io import atomic_path, save_torch, write_json
+from mcls.labels import age_band_names
 from mcls.runs.layout import Run
 
 log = logging.getLogger(__name__)
@@ -95,15 +95,12 @@ def prepare_external(cfg: Config, run: Run) -> Path:
         keep = np.setdiff1d(np.arange(len(rows)), bad)
         trained = pretrain(cfg, rows.iloc[keep].reset_index(drop=True), np.asarray(images)[keep] if bad else images)
         record.update(trained["record"], n_unreadable=len(bad))
-        target = cached or run.pretrained_face
-        _save(trained["weights"], target)
+        save_torch(cached or run.pretrained_face, trained["weights"])
         if cached is not None:
             write_json(cached.with_suffix(".json"), trained["record"])
     if cached is not None:
-        run.external_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run.pretrained_face.with_name(f".{run.pretrained_face.name}.{os.getpid()}.tmp")
-        shutil.copyfile(cached, tmp)
-        os.replace(tmp, run.pretrained_face)
+        with atomic_path(run.pretrained_face) as tmp:
+            shutil.copyfile(cached, tmp)
     record["prepare_seconds"] = time.perf_counter() - start
     write_json(run.pretrain_record, record)
     return run.pretrained_face
@@ -136,7 +133,7 @@ def pretrain(cfg: Config, rows: pd.DataFrame, images: np.ndarray) -> dict:
                "heads": {h: _cpu(model.heads[h].state_dict()) for h in FACE_HEADS if h in model.heads}}
     record = {"n_trained": len(rows), "epochs": pcfg.epochs, "train_loss": losses,
               "pretrain_seconds": time.perf_counter() - start,
-              "ages": {band: int(n) for band, n in zip(("<30", "30-59", ">=60"),
+              "ages": {band: int(n) for band, n in zip(age_band_names(pcfg.age_bounds),
                                                        np.bincount(rows["age_band"], minlength=3))}}
     return {"weights": weights, "record": record}
 
@@ -161,13 +158,6 @@ def load_face_weights(model, path) -> None:
 
 def _cpu(state: dict) -> dict:
     return {k: v.detach().cpu().clone() for k, v in state.items()}
-
-
-def _save(weights: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(weights, tmp)
-    os.replace(tmp, path)
 
 
 def external_lines(run: Run) -> list[str]:
