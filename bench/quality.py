@@ -136,6 +136,9 @@ ON_DEFAULT = {
     # on the default of 2026-12-03 (mask apart): its gender/age backbone pretrained once on the external adults that
     # pass the leak guard (mcls.train.pretrain), then every fold as the default trains it
     "default+external": dict(external_data=EXTERNAL),
+    # the same guarded adults in every fold's batches instead (half as many as the competition rows an epoch,
+    # drawn anew; their mask loss ignored: mcls.train.joint), no pretraining
+    "default+external-joint": dict(external_data=EXTERNAL, external_training="joint"),
 }
 
 # Averages of variants' validation probabilities (every variant splits its folds with seed 42, so fold k is the same
@@ -181,7 +184,10 @@ RECIPE = [("plain,multi-default", "all"),
           ("default+separate-maskmix-reframe128", "0"),  # its mask task at 128 px: 5 folds on the mask screen
           # the default since 2026-12-03: the mask task in a mobilenetv2 of its own at 112 px (reframed, left/right
           # cut; chosen on bench/mask_screen.py), gender and age sharing lite0 at 160 px
-          ("default", "all")]
+          ("default", "all"),
+          # external face-age data (utkface-extra, leak-guarded): pretraining once, and joint training
+          ("default+external", "all"),
+          ("default+external-joint", "all")]
 
 
 def variant_config(name: str, data_dir: str, runs: Path) -> Config:
@@ -214,7 +220,7 @@ NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "pretra
 # at that value, so finished folds stay valid.
 NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none", "train_seed": -1, "members": [], "mask_backbone": "",
            "mask_size": 0, "mix_tasks": "all", "mask_view": "none", "external_data": "", "external_min_age": 18,
-           "external_epochs": 5, "external_threshold": 0.3}
+           "external_epochs": 5, "external_threshold": 0.3, "external_training": "pretrain", "external_share": 0.5}
 
 
 def config_hash(cfg: Config) -> str:
@@ -372,7 +378,7 @@ def collect(runs: Path, data_dir: str, realmask: str | None = None, face_prior: 
         if realmask and "real_mask_f1" not in record:
             record.update(real_mask_scores(done.parent / "best.pt", realmask))
             write_json(done, record)
-        pretrained = Run(done.parent.parent).pretrain_record
+        pretrained = Run(done.parent.parent).external_record
         if pretrained.is_file():  # the one-off pretraining on external faces, outside every fold's minutes
             record["pretrain_s"] = json.loads(pretrained.read_text()).get("pretrain_seconds", np.nan)
         folds.append({"variant": name, "run": done.parent.parent.name, **record})

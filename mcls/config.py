@@ -12,6 +12,8 @@ from typing import Any
 import yaml
 
 PRESETS = Path(__file__).parent / "presets"
+# How external face-age photos train (external_training); mcls.train.run.fit_fold acts on each.
+EXTERNAL_TRAINING = ("pretrain", "joint", "both")
 
 
 class ConfigError(ValueError):
@@ -23,8 +25,8 @@ class ConfigError(ValueError):
 # backbone. One backbone, three heads and these keys are the defaults until 2026-12-03.
 ONE_BACKBONE = {"mask_backbone": "", "mask_size": 0, "mix": "none", "mix_tasks": "all", "mask_view": "none"}
 
-# The keys that shape the external data's pretraining: they act only with external_data.
-EXTERNAL_KEYS = ("external_min_age", "external_epochs", "external_threshold")
+# The keys that shape how external data trains: they act only with external_data.
+EXTERNAL_KEYS = ("external_min_age", "external_epochs", "external_threshold", "external_training", "external_share")
 
 
 @dataclass
@@ -88,13 +90,17 @@ class Config:
     pseudo_run: str = ""  # the first-stage run whose fold-k model labels them for fold k
     pseudo_threshold: float = 0.9  # minimum probability of the predicted class to keep a pseudo label
     # external face-age photos (a folder of UTKFace-named files or a path,age,gender CSV; "" = none): those that
-    # pass the leak guard pretrain the gender/age backbone once, and every fold starts from it (mcls.train.pretrain)
+    # pass the leak guard train the gender/age tasks as external_training says (docs/external-data.md)
     external_data: str = ""
+    # pretrain: a backbone pretrained on them once starts every fold's gender/age tasks (mcls.train.pretrain);
+    # joint: they join every fold's batches, their mask loss ignored (mcls.train.joint); both: the two together
+    external_training: str = "pretrain"
+    external_share: float = 0.5  # joint | both: external faces an epoch draws, per competition row it trains on
     external_min_age: int = 18  # external faces younger than this are left out (the competition's persons are adults)
     # the leak guard: external faces closer than this to a competition face (unit-length dlib descriptors) are one of
     # its persons and dropped; chosen on this data's distances (docs/external-data.md, bench/leak_threshold.py)
     external_threshold: float = 0.3
-    external_epochs: int = 5  # epochs of the one-off pretraining on the external faces
+    external_epochs: int = 5  # pretrain | both: epochs of the one-off pretraining on the external faces
     pretrain_cache: str = ".cache/mcls/pretrained"  # pretrained backbones keyed by their inputs; "" = the run's only
     sync_bn: bool = False  # SyncBatchNorm across processes under torchrun
     # --- runtime ---
@@ -163,7 +169,8 @@ class Config:
                    "crop": ("none", "mtcnn"),
                    "channels_last": ("auto", "on", "off"),
                    "tracker": ("none", "mlflow"),
-                   "pseudo_label": ("none", "eval", "validation")}
+                   "pseudo_label": ("none", "eval", "validation"),
+                   "external_training": EXTERNAL_TRAINING}
         out = [f"{k}={getattr(self, k)!r} is not one of {v}" for k, v in choices.items() if getattr(self, k) not in v]
         if len(self.age_bounds) != 2 or self.age_bounds[0] >= self.age_bounds[1]:
             out.append(f"age_bounds={self.age_bounds} must be two increasing ages, e.g. [30, 60]")
@@ -232,6 +239,17 @@ class Config:
         if not 0 <= self.external_min_age <= 120 or self.external_epochs < 1 or not 0 < self.external_threshold < 2:
             out.append(f"external_min_age={self.external_min_age} must be in 0..120, external_epochs="
                        f"{self.external_epochs} at least 1 and external_threshold={self.external_threshold} in (0, 2)")
+        if not 0 < self.external_share <= 10:
+            out.append(f"external_share={self.external_share} must be in (0, 10] (external faces per competition row)")
+        if self.external_training == "pretrain" and self.external_share != fields["external_share"]:
+            out.append(f"external_share={self.external_share} acts only when external faces join the batches; set "
+                       f"external_training=joint or both, or leave it at {fields['external_share']}")
+        if self.external_training == "joint" and self.external_epochs != fields["external_epochs"]:
+            out.append(f"external_epochs={self.external_epochs} acts only with pretraining; set external_training="
+                       f"pretrain or both, or leave it at {fields['external_epochs']}")
+        if self.external_data and self.external_training != "pretrain" and self.heads == "single":
+            out.append(f"external_training={self.external_training!r} needs three heads (heads='mask_apart', 'multi' "
+                       f"or 'separate'): an 18-way head cannot learn from a face without its mask state")
         if self.crop_margin < 0 or self.crop_chin < 0 or not 0 < self.crop_fallback <= 1:
             out.append(f"crop_margin={self.crop_margin} and crop_chin={self.crop_chin} must be >= 0, "
                        f"crop_fallback={self.crop_fallback} in (0, 1]")

@@ -82,7 +82,7 @@ def test_the_preset_trains_end_to_end_and_a_second_run_takes_the_pretraining_fro
     assert run.fold(0).best.is_file() and run.pretrained_face.is_file()
     for name in ("leak_pairs.csv", "leak_pairs.png", "nearest_distance.png", "external_kept.csv"):
         assert (run.external_dir / name).is_file(), name
-    record = json.loads(run.pretrain_record.read_text())
+    record = json.loads(run.external_record.read_text())
     assert record["leak_guard"].startswith(f"dropped {record['n_dropped']} of 24 external faces that match")
     assert record["n_trained"] == 24 - record["n_dropped"] and record["epochs"] == 1 and "from_cache" not in record
     assert sum(record["ages"].values()) == record["n_trained"]
@@ -93,7 +93,7 @@ def test_the_preset_trains_end_to_end_and_a_second_run_takes_the_pretraining_fro
 
     main(["train", "--config", "external", f"data_dir={SAMPLE}", f"run_dir={tmp_path / 'b'}", "smoke=true",
           *tiny, *caches])
-    again = json.loads(Run(tmp_path / "b").pretrain_record.read_text())
+    again = json.loads(Run(tmp_path / "b").external_record.read_text())
     assert again["from_cache"].endswith(f"{record['key']}.pt") and again["key"] == record["key"]
     assert "taken from the cache" in external_lines(Run(tmp_path / "b"))[1]
     saved = [torch.load(r.pretrained_face, weights_only=True)["backbone"] for r in (run, Run(tmp_path / "b"))]
@@ -109,7 +109,7 @@ def test_faces_under_the_minimum_age_are_left_out_and_counted(tmp_path):
         path.rename(path.with_name(f"{5 + i}_" + path.name.split("_", 1)[1]))
     cfg = _cfg(tmp_path, external_data=str(ext))
     prepare_external(cfg, Run(cfg.run_dir))
-    record = json.loads(Run(cfg.run_dir).pretrain_record.read_text())
+    record = json.loads(Run(cfg.run_dir).external_record.read_text())
     assert record["n_young"] == 3 and record["n_external"] == 24
     assert record["n_trained"] + record["n_dropped"] == 21
 

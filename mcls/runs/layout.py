@@ -4,8 +4,8 @@ these paths.
     <run>/config.yaml  run_info.json  summary.json  calibration.json  submission.csv
     <run>/fold<k>/best.pt  last.pt  metrics.csv  val_predictions.csv  summary.json  *.png
     <run>/members/<name>/  a run of its own per ensemble member
-    <run>/external/pretrained_face.pt  pretrain.json  leak_pairs.csv  leak_pairs.png  nearest_distance.png
-                   external_kept.csv   (external_data: the leak guard's findings and the pretrained backbone)
+    <run>/external/external.json  leak_pairs.csv  leak_pairs.png  nearest_distance.png  external_kept.csv
+                   pretrained_face.pt  (external_data: the leak guard's findings, and the backbone pretrained)
 """
 from __future__ import annotations
 
@@ -177,8 +177,10 @@ class Run:
         return self.external_dir / "pretrained_face.pt"
 
     @property
-    def pretrain_record(self) -> Path:
-        return self.external_dir / "pretrain.json"
+    def external_record(self) -> Path:
+        """What the run did with its external data: the guard's line and counts, the pretraining's or the joint
+        training's figures (mcls.train.pretrain.external_lines reads it)."""
+        return self.external_dir / "external.json"
 
     def notebook_dir(self, notebook: str) -> Path:
         return self.path / notebook

@@ -80,7 +80,8 @@ def lr_lambda(warmup_steps: int, total_steps: int):
 def warmup_cosine(cfg: Config, optimizer, targets: np.ndarray, persons: np.ndarray):
     """The per-step schedule of a fold: linear warmup over cfg.warmup_epochs, then cosine to 1 % over cfg.epochs,
     counted in the batches an epoch's rows (epoch_rows) make."""
-    steps_per_epoch = math.ceil(len(epoch_rows(targets, persons, cfg.wear_per_person, 0)) / cfg.batch_size)
+    rows = epoch_rows(targets, persons, cfg.wear_per_person, 0, cfg.external_share)
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
 
@@ -116,8 +117,9 @@ class Parts:
 
 def build(cfg: Config, rt: Runtime, train_df: pd.DataFrame, train_images: np.ndarray, extra=None,
           init=None) -> Parts:
-    """The model, its EMA and everything that trains it; `extra` = (images, targets) joins training only; `init`
-    is a pretrained face backbone (mcls.train.pretrain) the gender and age tasks start from."""
+    """The model, its EMA and everything that trains it; `extra` = (images, targets) joins training only (rows
+    with mask -1 are external faces, drawn per epoch: sampling.epoch_rows); `init` is a pretrained face backbone
+    (mcls.train.pretrain) the gender and age tasks start from."""
     model = model_from_config(cfg)
     if init is not None:
         from mcls.train.pretrain import load_face_weights
@@ -155,8 +157,8 @@ def train_epoch(cfg: Config, rt: Runtime, parts: Parts, epoch: int, desc: str = 
     for drawn in (parts.mixer, parts.mask_view):
         if drawn is not None:
             drawn.reseed(epoch_seed)
-    parts.sampler.set_epoch(epoch_order(parts.targets, epoch_seed, cfg.sampler, parts.persons, cfg.wear_per_person),
-                            epoch_seed)
+    parts.sampler.set_epoch(epoch_order(parts.targets, epoch_seed, cfg.sampler, parts.persons, cfg.wear_per_person,
+                                        cfg.external_share), epoch_seed)
     stats = train_one_epoch(parts.model, parts.loader, parts.loss_fn, parts.optimizer, parts.scheduler, rt,
                             desc=f"{desc} {epoch + 1}", mixer=parts.mixer, ema=parts.ema,
                             mask_view=parts.mask_view)
@@ -191,7 +193,8 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
         val_images: np.ndarray, out: Fold, resume: bool = False, extra=None, on_epoch=None, init=None) -> dict:
     """Trains one fold, validating every epoch; writes metrics.csv, last.pt, best.pt and val predictions.
 
-    `extra` = (images, targets) joins training only (pseudo-labelled images; targets in TARGET_COLUMNS order);
+    `extra` = (images, targets) joins training only (pseudo-labelled images, external faces with mask -1; targets
+    in TARGET_COLUMNS order);
     `init` = a pretrained face backbone file the model starts from.
 
     Each epoch seeds its order, augmentation, mixing and dropout from (seed, epoch), so a run resumed from

@@ -56,11 +56,6 @@ class AgeDistributionLoss(nn.Module):
         self.sigma = sigma
 
     def forward(self, logits, age):
-        known = age >= 0  # pseudo-labelled images carry a band but no exact age
-        if not bool(known.all()):
-            if not bool(known.any()):
-                return logits.float().sum() * 0.0
-            logits, age = logits[known], age[known]
         age = age.float().clamp(0, len(self.bins) - 1)
         target = (-0.5 * ((self.bins[None] - age[:, None]) / self.sigma) ** 2).softmax(-1)
         return -(target * logits.float().log_softmax(-1)).sum(-1).mean()
@@ -71,6 +66,17 @@ def inverse_frequency_weights(targets, num_classes: int) -> torch.Tensor:
     counts = torch.bincount(torch.as_tensor(targets, dtype=torch.long), minlength=num_classes).float()
     w = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), torch.ones_like(counts))
     return w / w.mean()
+
+
+def known_rows(loss_fn, logits, target):
+    """loss_fn over the rows whose target is known (>= 0): an external face has no mask state. A batch with every
+    target known is scored exactly as before; one with none known adds zero (and keeps the graph)."""
+    known = target >= 0
+    if bool(known.all()):
+        return loss_fn(logits, target)
+    if not bool(known.any()):
+        return logits.float().sum() * 0.0
+    return loss_fn(logits[known], target[known])
 
 
 LOSSES = ("ce", "weighted_ce", "focal", "label_smoothing", "f1")
@@ -106,7 +112,7 @@ class TaskLoss(torch.nn.Module):
         weighted = cfg.loss in ("weighted_ce", "focal")
 
         def make(targets, n):
-            w = inverse_frequency_weights(targets, n) if weighted else None
+            w = inverse_frequency_weights(targets[targets >= 0], n) if weighted else None
             return create_loss(cfg.loss, w, cfg.label_smoothing, cfg.focal_gamma)
 
         if self.multi:
@@ -125,9 +131,12 @@ class TaskLoss(torch.nn.Module):
         if not self.multi:
             return self.losses[0](outputs["class"], self.train_class(targets))
         (w_mask, w_gender, w_age), (f_mask, f_gender, f_age) = self.weights, self.losses
-        total = w_mask * f_mask(outputs["mask"], targets[:, 0]) + w_gender * f_gender(outputs["gender"], targets[:, 1])
+        total = (w_mask * known_rows(f_mask, outputs["mask"], targets[:, 0])
+                 + w_gender * known_rows(f_gender, outputs["gender"], targets[:, 1]))
         if self.age_head in ("band", "both"):
-            total = total + w_age * f_age(outputs["age_band" if self.age_head == "both" else "age"], targets[:, 2])
+            total = total + w_age * known_rows(f_age, outputs["age_band" if self.age_head == "both" else "age"],
+                                               targets[:, 2])
         if self.age_head in ("dist", "both"):
-            total = total + w_age * self.age_dist(outputs["age_dist"], targets[:, 4])
+            # pseudo-labelled images carry a band but no exact age
+            total = total + w_age * known_rows(self.age_dist, outputs["age_dist"], targets[:, 4])
         return total

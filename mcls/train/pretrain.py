@@ -55,25 +55,36 @@ def external_rows(cfg: Config):
     how many were too young). Raises DataError on bad external input before anything is computed."""
     from mcls.data.external import read_external
     from mcls.data.leak_guard import competition_photos, guard
-    from mcls.data.table import add_bands
 
     external = read_external(cfg.external_data)
     adults = external[external["age"] >= cfg.external_min_age].reset_index(drop=True)
     # descriptors need the face box whatever the run's own crop is
     report = guard(adults, competition_photos(cfg.data_dir), cfg.external_threshold,
                    CropSettings.from_config(cfg.updated({"crop": "mtcnn"})))
-    rows = report.kept.copy()
-    rows["mask"] = NOT_WEAR
+    return with_targets(report.kept, cfg, NOT_WEAR), report, len(external) - len(adults)
+
+
+def with_targets(rows: pd.DataFrame, cfg: Config, mask: int) -> pd.DataFrame:
+    """External rows with the kit's target columns, their mask state `mask` (-1: unknown, its loss ignored, and so
+    is the 18-class label); each photo its own person, as no identities come with them."""
+    from mcls.data.table import add_bands
+
+    rows = rows.copy()
+    rows["mask"] = max(mask, 0)
     add_bands(rows, "", tuple(cfg.age_bounds), cfg.train_old_age)
-    rows["person"] = np.arange(len(rows))  # no identities: each photo its own person
-    return rows, report, len(external) - len(adults)
+    if mask < 0:
+        rows[["mask", "label"]] = -1
+    rows["person"] = np.arange(len(rows))
+    return rows
 
 
-def prepare_external(cfg: Config, run: Run) -> Path:
-    """The run's pretrained face backbone (<run>/external/pretrained_face.pt): kept from before, copied from the
-    cache, or trained now; the leak guard's report and line beside it. Returns its path."""
-    if run.pretrained_face.is_file():
-        return run.pretrained_face
+def prepare_external(cfg: Config, run: Run) -> Path | None:
+    """Runs the leak guard on the run's external data once, keeping its report and record in <run>/external/, and
+    when external_training pretrains, the pretrained face backbone (<run>/external/pretrained_face.pt): kept from
+    before, copied from the cache, or trained now. Returns that backbone's path, or None when nothing pretrains."""
+    pretrains = cfg.external_training in ("pretrain", "both")
+    if run.external_record.is_file() and (run.pretrained_face.is_file() or not pretrains):
+        return run.pretrained_face if pretrains else None
     start = time.perf_counter()
     rows, report, n_young = external_rows(cfg)
     from mcls.data.leak_guard import save_report
@@ -81,12 +92,24 @@ def prepare_external(cfg: Config, run: Run) -> Path:
     save_report(report, run.external_dir)
     log.info("external data %s: %s; %d faces under %d left out", cfg.external_data, report.line(), n_young,
              cfg.external_min_age)
+    record = {"external_data": cfg.external_data, "external_training": cfg.external_training,
+              "leak_guard": report.line(), "n_external": report.n_external + n_young, "n_young": n_young,
+              "min_age": cfg.external_min_age, "n_dropped": report.n_dropped, "threshold": report.threshold,
+              "n_kept": len(rows), "ages": band_counts(rows, cfg), "external_share": cfg.external_share}
+    if pretrains:
+        record.update(pretrained(cfg, run, rows))
+    record["prepare_seconds"] = time.perf_counter() - start
+    write_json(run.external_record, record)
+    return run.pretrained_face if pretrains else None
+
+
+def pretrained(cfg: Config, run: Run, rows: pd.DataFrame) -> dict:
+    """Puts the face backbone pretrained on `rows` at run.pretrained_face (from the cache when it holds one for
+    these inputs); returns the pretraining's record."""
     crop = CropSettings.from_config(cfg)
     key = pretrain_key(cfg, rows["path"], crop)
     cached = Path(cfg.pretrain_cache) / f"{key}.pt" if cfg.pretrain_cache else None
-    record = {"external_data": cfg.external_data, "leak_guard": report.line(),
-              "n_external": report.n_external + n_young, "n_young": n_young, "min_age": cfg.external_min_age,
-              "n_dropped": report.n_dropped, "threshold": report.threshold, "key": key}
+    record = {"key": key}
     if cached is not None and cached.is_file():
         record.update(json.loads(cached.with_suffix(".json").read_text()), from_cache=str(cached))
         log.info("pretrained face backbone from the cache: %s", cached)
@@ -101,9 +124,12 @@ def prepare_external(cfg: Config, run: Run) -> Path:
     if cached is not None:
         with atomic_path(run.pretrained_face) as tmp:
             shutil.copyfile(cached, tmp)
-    record["prepare_seconds"] = time.perf_counter() - start
-    write_json(run.pretrain_record, record)
-    return run.pretrained_face
+    return record
+
+
+def band_counts(rows: pd.DataFrame, cfg: Config) -> dict:
+    return {band: int(n) for band, n in zip(age_band_names(cfg.age_bounds),
+                                            np.bincount(rows["age_band"], minlength=3))}
 
 
 def pretrain_key(cfg: Config, paths, crop) -> str:
@@ -132,9 +158,7 @@ def pretrain(cfg: Config, rows: pd.DataFrame, images: np.ndarray) -> dict:
     weights = {"backbone_name": pcfg.backbone, "backbone": _cpu(model.backbone.state_dict()),
                "heads": {h: _cpu(model.heads[h].state_dict()) for h in FACE_HEADS if h in model.heads}}
     record = {"n_trained": len(rows), "epochs": pcfg.epochs, "train_loss": losses,
-              "pretrain_seconds": time.perf_counter() - start,
-              "ages": {band: int(n) for band, n in zip(age_band_names(pcfg.age_bounds),
-                                                       np.bincount(rows["age_band"], minlength=3))}}
+              "pretrain_seconds": time.perf_counter() - start, "ages": band_counts(rows, pcfg)}
     return {"weights": weights, "record": record}
 
 
@@ -161,15 +185,22 @@ def _cpu(state: dict) -> dict:
 
 
 def external_lines(run: Run) -> list[str]:
-    """What a user reads about a run's external data: the leak guard's line and the pretraining's record; [] when
-    the run has none."""
-    if not run.pretrain_record.is_file():
+    """What a user reads about a run's external data: the leak guard's line and what the kept faces trained; []
+    when the run has none."""
+    if not run.external_record.is_file():
         return []
-    r = json.loads(run.pretrain_record.read_text())
+    r = json.loads(run.external_record.read_text())
     ages = ", ".join(f"{band} {n}" for band, n in r.get("ages", {}).items())
+    mode = r.get("external_training", "pretrain")
+    uses = []
+    if mode in ("pretrain", "both"):
+        uses.append(f"pretrained the gender/age backbone for {r['epochs']} epoch{'s' * (r['epochs'] != 1)} in "
+                    f"{r['pretrain_seconds'] / 60:.1f} min"
+                    + (f" (taken from the cache {r['from_cache']})" if "from_cache" in r else ""))
+    if mode in ("joint", "both"):
+        uses.append(f"join every fold's batches ({r['external_share']:g} per competition row an epoch, drawn anew; "
+                    f"their mask loss ignored)")
     return [f"external data {r['external_data']}: {r['leak_guard']}",
-            f"{r['n_young']} faces under {r['min_age']} left out; {r['n_trained']} faces ({ages}) pretrained the "
-            f"gender/age backbone for {r['epochs']} epoch{'s' * (r['epochs'] != 1)} in "
-            f"{r['pretrain_seconds'] / 60:.1f} min"
-            + (f" (taken from the cache {r['from_cache']})" if "from_cache" in r else ""),
+            f"{r['n_young']} faces under {r['min_age']} left out; {r.get('n_kept', r.get('n_trained'))} faces "
+            f"({ages}) " + "; then ".join(uses),
             f"pairs and figures: {run.external_dir}"]

@@ -21,6 +21,7 @@ from mcls.runs.records import open_run, write_run_info
 from mcls.runs.tracking import log_run
 from mcls.runtime import distributed
 from mcls.train.fit import fit
+from mcls.train.joint import joined
 from mcls.train.preflight import check_references
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ def train_members(cfg: Config, run_dir) -> dict:
 
 def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out: Fold, resume: bool = False,
              on_epoch=None) -> dict:
-    """Fold k against the rest, with pseudo-labelled images added to training when the config asks."""
+    """Fold k against the rest, with pseudo-labelled images and external faces added to training when the config
+    asks."""
     is_val = (table["fold"] == k).to_numpy()
     train_rows = ~is_val & ~near_edge(table["age"], cfg.age_bounds, cfg.near_edge_drop)
     log.info("fold %d: %d training / %d validation images%s", k, train_rows.sum(), is_val.sum(),
@@ -136,23 +138,27 @@ def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out: 
             out.dir.mkdir(parents=True, exist_ok=True)
             fit_fold_expert(cfg, table, k, out.face_expert)
         distributed.barrier()
-    init = None
+    init, external = None, None
     if cfg.external_data:
+        from mcls.train.joint import joint_faces
         from mcls.train.pretrain import prepare_external
 
         if distributed.is_main():
             prepare_external(cfg, out.run)
         distributed.barrier()
-        init = out.run.pretrained_face
-    extra = None
+        init = out.run.pretrained_face if cfg.external_training in ("pretrain", "both") else None
+        external = joint_faces(cfg, out.run) if cfg.external_training in ("joint", "both") else None
+    pseudo = None
     if cfg.pseudo_label != "none":
         from mcls.train.pseudo import pseudo_labelled
 
-        extra = pseudo_labelled(cfg, k, images[is_val])
+        pseudo = pseudo_labelled(cfg, k, images[is_val])
+    extra = joined(pseudo, external)
     # relabel decisions move training targets only; validation scores the labels as given (as_given)
     result = fit(cfg, table[train_rows].reset_index(drop=True), as_given(table[is_val]).reset_index(drop=True),
                  images[train_rows], images[is_val], out, resume=resume, extra=extra, on_epoch=on_epoch, init=init)
-    return {**result, "n_pseudo": 0 if extra is None else len(extra[0])}
+    return {**result, "n_pseudo": 0 if pseudo is None else len(pseudo[0]),
+            "n_external": 0 if external is None else len(external[0])}
 
 
 def calibrate(run_dir, overrides: dict | None = None) -> dict:
