@@ -75,7 +75,7 @@ def test_00_eda(tmp_path):
 
 def test_03_train(tmp_path):
     execute("03_train", tmp_path, backbone="test_efficientnet", pretrained="none", n_folds=4, smoke=False,
-            img_size=32, epochs=2, external_data="data/external-sample")
+            img_size=32, epochs=2, external_data="data/external-sample", external_training="both")
     m = metrics(tmp_path, "03_train")
     assert 0 <= m["f1"] <= 1 and m["folds"] == [0]
     assert (tmp_path / "fold0" / "best.pt").is_file() and (tmp_path / "03_train" / "fold_scores.png").is_file()
@@ -84,9 +84,12 @@ def test_03_train(tmp_path):
     epoch_lines = re.findall(r"^fold 0 epoch (\d)/2: train loss [\d.]+, val loss [\d.]+, val F1 [\d.]+ "
                              r"\(mask [\d.]+, gender [\d.]+, age [\d.]+\), \d+ img/s", "\n".join(texts), re.M)
     assert epoch_lines == ["1", "2"]  # one line per epoch, in the training cell's output
-    # the external data's leak guard line and pretraining, above its pairs and distances
+    # the external data's leak guard line, its pretraining and joint training, above its pairs and distances
     assert re.search(r"^external data data/external-sample: dropped \d+ of 24 external faces that match competition "
                      r"persons \(threshold [\d.]+\)$", "\n".join(texts), re.M)
+    assert re.search(r"^0 faces under 18 left out; \d+ faces \(.*\) pretrained the gender/age backbone for 5 epochs "
+                     r"in [\d.]+ min( \(taken from the cache \S+\))?; then join every fold's batches \(0.5 per "
+                     r"competition row", "\n".join(texts), re.M)
     images, _ = outputs(tmp_path / "notebooks" / "03_train.ipynb")
     for name in ("leak_pairs", "nearest_distance"):
         assert hashlib.sha1((tmp_path / "external" / f"{name}.png").read_bytes()).hexdigest() in images
