@@ -262,13 +262,13 @@ def run_fold(cfg: Config, fold: int, run_dir: Path, data: DataCache, robustness:
     timing_file = out.dir / "timing.json"
     spent = json.loads(timing_file.read_text()) if timing_file.exists() else {"wall_s": 0.0, "cpu_s": 0.0}
     clock, cpu0 = ActiveClock(), _cpu_seconds()
-    n_pseudo = fit_fold(cfg, table, images, fold, out, resume=True)["n_pseudo"]
+    fitted = fit_fold(cfg, table, images, fold, out, resume=True)
     spent = {"wall_s": spent["wall_s"] + clock.seconds(), "cpu_s": spent["cpu_s"] + _cpu_seconds() - cpu0,
              "finished": time.time()}
     write_json(timing_file, spent)
 
     result = {"fold": fold, **spent, "best_epoch": json.loads(out.summary.read_text())["best_epoch"],
-              "n_pseudo": n_pseudo}
+              "n_pseudo": fitted["n_pseudo"], "n_external": fitted["n_external"]}
     for tag, tta in (("", False), ("+tta", True)):
         scored = served(run_dir, tta, persons=False)[fold]
         result.update({f"{k}{tag}": v for k, v in score(scored.labels, scored.probs).items()})
