@@ -8,9 +8,10 @@ child's gender is a different problem. The rest, framed by the run's own face cr
 gender and age heads (the mask loss weighs nothing) for `external_epochs`; its backbone and those heads then start
 each fold's gender and age tasks (the mask task keeps its ImageNet start).
 
-The result is cached by everything that shapes it (the kept files, the crop, the keys in PRETRAIN_KEYS), so the
-folds of a run, its resumption and other runs on the same external set train it once; each run keeps a copy and the
-guard's report in <run>/external/.
+prepare_external runs the guard for every external_training (joint training reads the faces it kept:
+mcls.train.joint) and pretrains for pretrain and both. The pretraining is cached by everything that shapes it (the
+kept files, the crop, the keys in PRETRAIN_KEYS), so the folds of a run, its resumption and other runs on the same
+external set train it once; each run keeps a copy and the guard's report in <run>/external/.
 """
 from __future__ import annotations
 
