@@ -14,6 +14,7 @@ import yaml
 PRESETS = Path(__file__).parent / "presets"
 # How external face-age photos train (external_training); mcls.train.run.fit_fold acts on each.
 EXTERNAL_TRAINING = ("pretrain", "joint", "both")
+PRETRAINS, JOINS = ("pretrain", "both"), ("joint", "both")  # the choices that pretrain, and that join the batches
 
 
 class ConfigError(ValueError):

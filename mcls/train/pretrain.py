@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mcls.config import Config
+from mcls.config import JOINS, PRETRAINS, Config
 from mcls.data.cache import cache_key, cached_images
 from mcls.data.faces import CropSettings
 from mcls.io import atomic_path, save_torch, write_json
@@ -83,7 +83,7 @@ def prepare_external(cfg: Config, run: Run) -> Path | None:
     """Runs the leak guard on the run's external data once, keeping its report and record in <run>/external/, and
     when external_training pretrains, the pretrained face backbone (<run>/external/pretrained_face.pt): kept from
     before, copied from the cache, or trained now. Returns that backbone's path, or None when nothing pretrains."""
-    pretrains = cfg.external_training in ("pretrain", "both")
+    pretrains = cfg.external_training in PRETRAINS
     if run.external_record.is_file() and (run.pretrained_face.is_file() or not pretrains):
         return run.pretrained_face if pretrains else None
     start = time.perf_counter()
@@ -194,11 +194,11 @@ def external_lines(run: Run) -> list[str]:
     ages = ", ".join(f"{band} {n}" for band, n in r.get("ages", {}).items())
     mode = r.get("external_training", "pretrain")
     uses = []
-    if mode in ("pretrain", "both"):
+    if mode in PRETRAINS:
         uses.append(f"pretrained the gender/age backbone for {r['epochs']} epoch{'s' * (r['epochs'] != 1)} in "
                     f"{r['pretrain_seconds'] / 60:.1f} min"
                     + (f" (taken from the cache {r['from_cache']})" if "from_cache" in r else ""))
-    if mode in ("joint", "both"):
+    if mode in JOINS:
         uses.append(f"join every fold's batches ({r['external_share']:g} per competition row an epoch, drawn anew; "
                     f"their mask loss ignored)")
     return [f"external data {r['external_data']}: {r['leak_guard']}",

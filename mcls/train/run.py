@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from mcls.config import Config
+from mcls.config import JOINS, PRETRAINS, Config
 from mcls.data.cache import cached_images
 from mcls.data.faces import CropSettings
 from mcls.data.folds import assign_folds
@@ -146,8 +146,8 @@ def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out: 
         if distributed.is_main():
             prepare_external(cfg, out.run)
         distributed.barrier()
-        init = out.run.pretrained_face if cfg.external_training in ("pretrain", "both") else None
-        external = joint_faces(cfg, out.run) if cfg.external_training in ("joint", "both") else None
+        init = out.run.pretrained_face if cfg.external_training in PRETRAINS else None
+        external = joint_faces(cfg, out.run) if cfg.external_training in JOINS else None
     pseudo = None
     if cfg.pseudo_label != "none":
         from mcls.train.pseudo import pseudo_labelled
