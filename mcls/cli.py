@@ -155,6 +155,44 @@ def cmd_lb(args) -> None:
           f"{'%.4f' % cv if cv is not None else '(none yet)'} in {run.leaderboard_file}")
 
 
+def compare_sides(args):
+    """(Side A, Side B) from `mcls compare A B [key=value] [a.key=value] [b.key=value]`: a key without a prefix
+    serves both sides; a side is a run folder, or several (one per train_seed) joined by commas."""
+    from mcls.analysis.compare import Side
+    from mcls.infer.serving import SERVING_KEYS
+
+    values = {"a": {}, "b": {}}
+    for key, value in parse_overrides(args.overrides).items():
+        side, _, name = key.rpartition(".")
+        if side not in ("", "a", "b") or name not in SERVING_KEYS:
+            raise ConfigError(f"{key}: not a serving key of `mcls compare`; it takes {', '.join(SERVING_KEYS)}, "
+                              "each for both sides or prefixed a. or b. for one")
+        for s in ([side] if side else ["a", "b"]):
+            values[s][name] = value
+    return tuple(Side(tuple(Path(r) for r in spec.split(",") if r), values[s]) for s, spec in
+                 (("a", args.a), ("b", args.b)))
+
+
+def cmd_compare(args) -> None:
+    """B against A on their common folds, with paired person-bootstrap intervals; writes compare.json + figure."""
+    from mcls.analysis.compare import compare, save_comparison
+
+    a, b = compare_sides(args)
+    if args.resamples < 100:
+        raise ConfigError(f"--resamples {args.resamples}: use at least 100 (2000 gives stable 95 % intervals)")
+    result = compare(a, b, args.resamples, args.seed)
+    print("\n".join(result.lines()))
+    out = Path(args.out or Path("runs") / "compare" / f"{_slug(a)}--vs--{_slug(b)}")
+    paths = save_comparison(result, out)
+    print(f"\n{paths['json']}\n{paths['figure']}")
+
+
+def _slug(side) -> str:
+    """A folder name for one side: its runs' names and serving keys."""
+    keys = "".join(f"-{k}={v}" for k, v in side.overrides.items())
+    return "+".join(r.resolve().name for r in side.runs) + keys
+
+
 # The demo's own settings (not the package defaults): 8 epochs at 128 px on the 48-person sample are enough for
 # the mask head to learn visibly (F1 1.00 on fold 0's 12 held-out persons) in ~35 s on 2 CPU cores.
 DEMO_SETTINGS = ["data_dir=data/sample", "run_dir=runs/demo", "epochs=8", "img_size=128", "n_folds=4"]
@@ -428,6 +466,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
     p.add_argument("--out", help="also write the differing rows (ImageID, a, b) to this CSV")
+    p = sub.add_parser("compare", help="is B better than A? paired differences on their common folds with 95 % "
+                                       "intervals over persons (and seeds), per fold, and a verdict")
+    p.add_argument("a", metavar="A", help="the reference: a run folder, or runs of several train_seeds joined by ','")
+    p.add_argument("b", metavar="B", help="the candidate, the same way (A again with other serving keys is valid)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="serving keys for both sides (tta=false), or for one (a.tta=false, b.person_consistent=true)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed (default 0)")
+    p.add_argument("--out", help="folder for compare.json and compare.png (default runs/compare/<A>--vs--<B>)")
+    p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("runs", help="list runs with key metrics, leaderboard scores and differing config keys")
     p.add_argument("runs_dir", nargs="?", default="runs")
     p.add_argument("--figure", help="also plot CV against the leaderboard over all runs into this PNG")
