@@ -147,12 +147,37 @@ def cmd_lb(args) -> None:
     from mcls.runs.layout import Run
     from mcls.runs.records import cv_score, record_leaderboard
 
+    from mcls.analysis.compare import Side, board_noise
+
+    run = Run.open(args.run)
+    persons = args.persons or board_persons(run)
+    if args.persons is not None and args.persons < 1:
+        raise ConfigError(f"--persons {args.persons}: a leaderboard scores at least 1 person")
     entry = record_leaderboard(args.run, args.public, args.private, args.note or "")
-    run = Run(args.run)
     cv = cv_score(run.summary, run.config)
     private = f", private {entry['private']:.4f}" if entry["private"] is not None else ""
     print(f"{run.path}: public {entry['public']:.4f}{private} recorded beside CV "
           f"{'%.4f' % cv if cv is not None else '(none yet)'} in {run.leaderboard_file}")
+    if not run.scored_folds:
+        print("(no fold has out-of-fold predictions yet: the leaderboard's noise needs them)")
+        return
+    if persons is None:
+        print("(how noisy the board is: give --persons, the number of persons the public board scores)")
+        return
+    against = Side((Path(args.against),)) if args.against else None
+    noise = board_noise(Side((run.path,)), persons, against)
+    print("\n".join(noise.lines(entry["public"], args.against)))
+
+
+def board_persons(run) -> int | None:
+    """The public board's persons for a run's data: half of its eval images' persons (7 photos each), as the
+    competition scored half of eval publicly; None when the run's data_dir has no eval/info.csv here."""
+    info = Path(run.config.data_dir) / "eval" / "info.csv"
+    if not info.is_file():
+        return None
+    with info.open() as f:
+        images = sum(1 for _ in f) - 1
+    return max(1, images // 7 // 2)
 
 
 def compare_sides(args):
@@ -485,6 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("public", type=float, help="the public leaderboard's macro F1")
     p.add_argument("--private", type=float, help="the private leaderboard's macro F1, once known")
     p.add_argument("--note", help="a word on what was submitted")
+    p.add_argument("--persons", type=int, help="persons the public board scores (default: half of the run's "
+                                               "data_dir eval images / 7)")
+    p.add_argument("--against", metavar="RUN", help="also the board's noise on this run's difference from RUN "
+                                                    "(both trained on the same folds)")
     p.set_defaults(fn=cmd_lb, overrides=[])
     return parser
 

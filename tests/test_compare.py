@@ -176,3 +176,26 @@ def test_the_command_refuses_keys_that_are_not_serving_keys(tmp_path, folds, cap
     assert main(["compare", str(a), str(a), "epochs=3"]) == 2
     err = capsys.readouterr().err
     assert "not a serving key of `mcls compare`" in err and "person_consistent" in err
+
+
+def test_a_smaller_leaderboard_is_noisier_and_a_run_against_itself_reads_no_difference(tmp_path, folds):
+    from mcls.analysis.compare import board_noise
+
+    run = make_run(tmp_path / "a", folds, wrong_persons={f"f{k}p{p:03d}" for k in range(3) for p in range(0, 60, 4)})
+    small, large = board_noise(Side((run,)), 30), board_noise(Side((run,)), 900)
+    for noise in (small, large):
+        assert noise.interval[0] < noise.cv < noise.interval[1]
+    assert np.diff(small.interval)[0] > 3 * np.diff(large.interval)[0]  # ~ sqrt(30): the board's persons
+    same = board_noise(Side((run,)), 120, against=Side((run,)))
+    assert same.delta == 0 and same.delta_interval == (0.0, 0.0)
+
+
+def test_lb_prints_the_boards_noise_beside_the_recorded_score(tmp_path, folds, capsys):
+    a = make_run(tmp_path / "a", folds)
+    b = make_run(tmp_path / "b", folds, wrong_persons={f"f{k}p{p:03d}" for k in range(3) for p in range(0, 60, 3)})
+    assert main(["lb", str(b), "0.71", "--persons", "120", "--against", str(a)]) == 0
+    text = capsys.readouterr().out
+    assert "a leaderboard of 120 persons reads a model of out-of-fold macro F1" in text
+    assert f"against {a}: out-of-fold difference -0." in text and "the board" in text
+    assert json.loads((b / "leaderboard.json").read_text())["scores"][0]["public"] == 0.71
+    assert main(["lb", str(b), "0.71", "--persons", "0"]) == 2

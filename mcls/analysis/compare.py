@@ -240,3 +240,51 @@ def save_comparison(c: Comparison, out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     write_json(out_dir / "compare.json", c.record())
     return {"json": out_dir / "compare.json", "figure": save(figure(c), out_dir / "compare.png")}
+
+
+@dataclass(frozen=True)
+class BoardNoise:
+    """How far a leaderboard of `n_persons` unseen persons may read a model from its true score."""
+
+    n_persons: int
+    cv: float  # the run's out-of-fold macro F1 on all its validation persons pooled
+    interval: tuple[float, float]  # where a board of n_persons puts that model's score, 95 % of the time
+    delta: float | None = None  # against another run: this run - the other, pooled out-of-fold
+    delta_interval: tuple[float, float] | None = None  # a board's reading of that difference
+
+    def lines(self, public: float | None = None, other: str | None = None) -> list[str]:
+        lo, hi = self.interval
+        out = [f"a leaderboard of {self.n_persons} person{'s' * (self.n_persons != 1)} reads a model of out-of-fold macro F1 {self.cv:.3f} "
+               f"anywhere in [{lo:.3f}, {hi:.3f}] (95 %, person bootstrap of the run's validation persons)"]
+        if public is not None and not lo <= public <= hi:
+            out.append(f"the public score {public:.4f} lies outside it: the board's persons differ from the "
+                       "validation's (data shift), or the submission is not the model the folds scored")
+        if self.delta is not None:
+            dlo, dhi = self.delta_interval
+            told = ("the board cannot tell the two apart: a public gain or loss inside that is noise" if dlo < 0 < dhi
+                    else "the board tells the two apart")
+            out.append(f"against {other}: out-of-fold difference {self.delta:+.3f}; a board of {self.n_persons} "
+                       f"persons reads it anywhere in [{dlo:+.3f}, {dhi:+.3f}]: {told}")
+        return out
+
+
+def board_noise(run: Side, n_persons: int, against: Side | None = None, n_resamples: int = 2000,
+                seed: int = 0) -> BoardNoise:
+    """The spread a leaderboard of n_persons gives a run's score (and its difference from `against`, scored on the
+    same board), from the same bootstrap: the run's out-of-fold persons, pooled over folds, drawn n_persons at a
+    time."""
+    if n_persons < 1:
+        raise ValueError(f"a leaderboard of {n_persons} persons: give a positive number of persons")
+    _, layers, _ = strata([run] if against is None else [run, against])
+    pooled = Stratum(tuple(np.concatenate([st.systems[s] for st in layers])
+                           for s in range(len(layers[0].systems))))
+    k = len(run.runs)
+    draws = bootstrap.resampled([pooled], n_resamples, seed, draws=n_persons)
+    own = np.mean([d["f1"] for d in draws[:k]], axis=0)
+    point = [bootstrap.scores(c.sum(0))["f1"] for c in pooled.systems]
+    cv = float(np.mean(point[:k]))
+    if against is None:
+        return BoardNoise(n_persons, cv, bootstrap.interval(own, LEVEL))
+    other = np.mean([d["f1"] for d in draws[k:]], axis=0)
+    return BoardNoise(n_persons, cv, bootstrap.interval(own, LEVEL), float(cv - np.mean(point[k:])),
+                      bootstrap.interval(own - other, LEVEL))
