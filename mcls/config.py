@@ -121,6 +121,7 @@ class Config:
     calibrate_age: bool = False  # fit age-band priors on out-of-fold predictions (2+ folds) and apply them
     smoke: bool = False  # tiny run for tests and first tries: 1 epoch, small images
     compare_with: str = ""  # notebook 05: a teammate's submission, probabilities or run to show disagreements with
+    reference_run: str = ""  # notebook 05: a run folder this run is judged against (mcls compare: paired intervals)
     tracker: str = "none"  # none | mlflow
     tracking_uri: str = ""  # MLflow server (e.g. http://host:5000); "" = a local store at <runs>/mlruns
     # --- inspection (notebook 04, `mcls cam`) ---

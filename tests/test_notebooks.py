@@ -96,14 +96,18 @@ def test_03_train(tmp_path):
 
 
 def test_05_submission(trained_run):
-    execute("05_submission", trained_run)
+    # the run judged against itself: the comparison's known answer is no difference, with an interval at 0
+    execute("05_submission", trained_run, reference_run=str(trained_run))
     sub = pd.read_csv(trained_run / "submission.csv")
     info = pd.read_csv(SAMPLE / "eval" / "info.csv")
     assert list(sub["ImageID"]) == list(info["ImageID"])
     m = metrics(trained_run, "05_submission")
     assert m["rows"] == 21 and sum(m["predicted_class_counts"]) == 21
     assert (trained_run / "05_submission" / "predicted_classes.png").is_file()
-    assert_shows_what_it_saved(trained_run, "05_submission")
+    assert m["compare"]["metrics"]["f1"]["delta"] == 0 and m["compare"]["metrics"]["f1"]["interval"] == [0, 0]
+    shown = "".join(assert_shows_what_it_saved(trained_run, "05_submission"))
+    assert "verdict (macro F1): not told apart with 12 persons" in shown
+    assert "compare.png" in {p.name for p in (trained_run / "05_submission").glob("*.png")}
 
 
 def test_05_submission_averages_the_runs_ensemble_members(tiny_cfg, tmp_path):
