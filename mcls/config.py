@@ -266,9 +266,12 @@ class Config:
         """Applies the `smoke` switch: the same pipeline, tiny enough for tests and a first try."""
         if not self.smoke:
             return self
+        # a derived value is set only where its key acts: the checks read a changed value as one the user gave
+        pretrains = bool(self.external_data) and self.external_training in PRETRAINS
         return dataclasses.replace(self, epochs=min(self.epochs, 1), img_size=min(self.img_size, 64),
                                    mask_size=min(self.mask_size, 64), batch_size=min(self.batch_size, 16),
-                                   patience=max(self.patience, 1), external_epochs=min(self.external_epochs, 1))
+                                   patience=max(self.patience, 1),
+                                   external_epochs=min(self.external_epochs, 1) if pretrains else self.external_epochs)
 
     # ------------------------------------------------------------------ YAML
     @classmethod

@@ -50,6 +50,17 @@ def test_smoke_shrinks_the_run():
     assert cfg.epochs == 1 and cfg.img_size == 64
 
 
+@pytest.mark.parametrize("keys", [{}, {"external_data": "x.csv"}, {"external_data": "x.csv", "external_training": "joint"},
+                                  {"external_data": "x.csv", "external_training": "both"}])
+def test_what_smoke_derives_is_never_judged_as_typed(keys):
+    """`mcls train smoke=true ...` was refused: smoke shrank external_epochs, and the check read that as a key the
+    user had set without external_data. The resolved config must pass the checks the run folder's copy meets."""
+    cfg = Config(smoke=True, **keys).resolved()
+    again = Config.from_dict(cfg.to_dict(), source="config.yaml")
+    assert again.epochs == 1 and again.external_epochs == (1 if keys.get("external_training", "pretrain") != "joint"
+                                                           and keys else Config().external_epochs)
+
+
 def test_presets_load_by_name_and_unknown_names_list_them():
     cfg = load_config("large", ["epochs=2"])
     assert cfg.backbone == "tf_efficientnet_lite2" and cfg.epochs == 2
