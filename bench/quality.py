@@ -139,6 +139,9 @@ ON_DEFAULT = {
     # the same guarded adults in every fold's batches instead (half as many as the competition rows an epoch,
     # drawn anew; their mask loss ignored: mcls.train.joint), no pretraining
     "default+external-joint": dict(external_data=EXTERNAL, external_training="joint"),
+    # the default again on the same folds with another training seed: training noise (mcls compare's seed spread),
+    # and with the default, a fold average that no scored person trained (its serving judged as submitted)
+    "default+train-seed7": dict(train_seed=7),
 }
 
 # Averages of variants' validation probabilities (every variant splits its folds with seed 42, so fold k is the same
@@ -215,7 +218,8 @@ def run_folder(name: str, data_dir: str, runs: Path) -> Path:
 # Keys that do not change what a fold trains or how the bench scores it (TTA, person grouping and calibration are
 # scored every way regardless).
 NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "pretrain_cache", "num_workers", "compile", "device", "amp_dtype",
-              "tta", "person_consistent", "calibrate_age", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke")
+              "tta", "person_consistent", "calibrate_age", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke",
+              "reference_run")
 # Keys added to Config after folds were run, at the value that reproduces the old training: left out of the hash
 # at that value, so finished folds stay valid.
 NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none", "train_seed": -1, "members": [], "mask_backbone": "",
