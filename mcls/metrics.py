@@ -38,16 +38,19 @@ def confusion(labels, probs) -> np.ndarray:
     return confusion_matrix(labels, np.asarray(probs).argmax(1), labels=range(NUM_CLASSES))
 
 
-def epoch_choice_scores(histories: dict, key: str = "f1") -> dict:
+def epoch_choice_scores(histories: dict, key: str | None = None) -> dict:
     """How much a fold's reported score owes to choosing its epoch on the persons it is scored on.
 
     From each fold's per-epoch validation `key` (metrics.csv rows, one DataFrame per fold): `sel_own_f1`, the mean
     over folds of each fold's best epoch (what best.pt reports: optimistic, the same persons chose it);
     `sel_last_f1`, the last epoch; `sel_other_f1`, each fold scored at the epoch that is best on average over the
-    *other* folds (an honest estimate of the rule "train that many epochs"; needs 2+ folds). All without TTA or
-    person sharing, so they compare with each other, not with the served score."""
+    *other* folds (an honest estimate of the rule "train that many epochs"; needs 2+ folds). The default `key` is
+    the score the epoch was chosen on: `served_f1` where every fold kept it (as the config serves the fold: flip TTA,
+    person sharing), else `f1` (per image, for runs from before)."""
     import pandas as pd
 
+    if key is None:
+        key = "served_f1" if histories and all("served_f1" in h for h in histories.values()) else "f1"
     per = {k: pd.Series(h[key].to_numpy(), index=h["epoch"].to_numpy()) for k, h in histories.items() if len(h)}
     if not per:
         return {}

@@ -89,3 +89,18 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     sa = torch.load(full / "fold0" / "best.pt", weights_only=False)["model"]
     sb = torch.load(killed / "fold0" / "best.pt", weights_only=False)["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_the_epoch_is_chosen_on_the_score_as_served(trained_run):
+    """The run serves with flip TTA and person sharing: each epoch's served_f1 is that score, and the best epoch's
+    equals what the fold reports as served (pc_f1) -- not a per-image maximum read at a chosen epoch."""
+    from mcls.train.fit import record_epoch
+
+    history = pd.read_csv(trained_run / "fold0" / "metrics.csv")
+    fold = json.loads((trained_run / "fold0" / "summary.json").read_text())
+    best = history.set_index("epoch").loc[fold["best_epoch"]]
+    assert best["served_f1"] == pytest.approx(fold["pc_f1"], abs=1e-6)
+    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    assert record_epoch(state, {"epoch": 1, "f1": 0.60, "served_f1": 0.50})
+    assert not record_epoch(state, {"epoch": 2, "f1": 0.70, "served_f1": 0.45})  # better per image, worse served
+    assert state["best_epoch"] == 1 and state["bad_epochs"] == 1

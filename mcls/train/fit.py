@@ -19,7 +19,7 @@ from mcls.infer.predictor import predict_dataset
 from mcls.infer.serving import Serving
 from mcls.io import write_csv, write_json
 from mcls.labels import PROB_COLUMNS
-from mcls.metrics import confusion, score
+from mcls.metrics import confusion, macro_f1, score
 from mcls.model.checkpoint import load_checkpoint, load_training_state, save_best, save_training_state
 from mcls.model.classifier import model_from_config
 from mcls.runs.layout import FLIP_COLUMNS, Fold
@@ -166,23 +166,31 @@ def train_epoch(cfg: Config, rt: Runtime, parts: Parts, epoch: int, desc: str = 
     return stats
 
 
-def run_epoch(cfg: Config, rt: Runtime, parts: Parts, val_ds: ImageArrayDataset, epoch: int) -> dict:
-    """Trains epoch `epoch` and validates the scored weights; returns the epoch's metrics row."""
+def run_epoch(cfg: Config, rt: Runtime, parts: Parts, val_ds: ImageArrayDataset, epoch: int,
+              groups: np.ndarray | None = None) -> dict:
+    """Trains epoch `epoch` and validates the scored weights; returns the epoch's metrics row: the per-image
+    scores (f1, ...) and `served_f1`, the macro F1 as the config serves the fold (flip TTA, person sharing within the
+    blind `groups`), which chooses the best epoch: a choice made on the per-image score made that score a maximum
+    over epochs while the served one was read at an epoch it did not choose."""
     stats = train_epoch(cfg, rt, parts, epoch)
-    probs = predict_dataset(parts.scored, val_ds, rt, rt.eval_batch(cfg.batch_size), num_workers=cfg.num_workers,
-                            desc="validate")
+    views = predict_dataset(parts.scored, val_ds, rt, rt.eval_batch(cfg.batch_size), num_workers=cfg.num_workers,
+                            desc="validate", views=cfg.tta)
+    probs = views[0] if cfg.tta else views
     labels = val_ds.targets[:, TARGET_COLUMNS.index("label")]
+    served = Serving.of_config(cfg).finish(views.mean(0) if cfg.tta else probs, groups)
     val_loss = float(-np.log(np.clip(probs[np.arange(len(probs)), labels], 1e-12, None)).mean())
     return {"epoch": epoch + 1, **stats, "val_loss": val_loss, **score(labels, probs),
-            "lr": parts.optimizer.param_groups[0]["lr"]}
+            "served_f1": macro_f1(labels, served.argmax(1)), "lr": parts.optimizer.param_groups[0]["lr"]}
 
 
 def record_epoch(state: dict, row: dict) -> bool:
-    """Adds the epoch to the loop's state (history, best epoch, patience); True when it is the best so far."""
+    """Adds the epoch to the loop's state (history, best epoch, patience); True when it is the best so far, as
+    served (a row from before served_f1 was kept counts its per-image F1)."""
     state["history"].append(row)
-    improved = row["f1"] > state["best_f1"]
+    chosen = row.get("served_f1", row["f1"])
+    improved = chosen > state["best_f1"]
     if improved:
-        state.update(best_f1=row["f1"], best_epoch=row["epoch"], bad_epochs=0)
+        state.update(best_f1=chosen, best_epoch=row["epoch"], bad_epochs=0)
     else:
         state["bad_epochs"] += 1
     state["epoch"] = row["epoch"]
@@ -206,6 +214,8 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
     seed_everything(cfg.training_seed)
     parts = build(cfg, rt, train_df, train_images, extra, init)
     val_ds = ImageArrayDataset(val_images, targets_of(val_df))
+    # the blind person groups depend on the images alone: found once, they serve every epoch's choice and the end
+    groups = dataclasses.replace(Serving.of_config(cfg), person_consistent=True).groups(val_images)
     state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if distributed.is_main():
         out.dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +223,7 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
         state = load_training_state(out.last, parts.resumable(rt), rt.device)
         log.info("resumed %s after epoch %d", out.dir, state["epoch"])
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
-        row = run_epoch(cfg, rt, parts, val_ds, state["epoch"])
+        row = run_epoch(cfg, rt, parts, val_ds, state["epoch"], groups if cfg.person_consistent else None)
         improved = record_epoch(state, row)
         if distributed.is_main():
             if improved:
@@ -221,16 +231,17 @@ def fit(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame, train_images:
             save_training_state(out.last, parts.resumable(rt), state, cfg)
             write_csv(out.metrics, pd.DataFrame(state["history"]))
         distributed.barrier()
-        log.info("fold %s epoch %d/%d: train loss %.3f, val loss %.3f, val F1 %.3f (mask %.3f, gender %.3f, "
-                 "age %.3f), %.0f img/s%s", out.k, row["epoch"], cfg.epochs, row["train_loss"], row["val_loss"],
-                 row["f1"], row["f1_mask"], row["f1_gender"], row["f1_age"], row["train_img_per_s"],
+        log.info("fold %s epoch %d/%d: train loss %.3f, val loss %.3f, val F1 %.3f as served (%.3f per image: mask "
+                 "%.3f, gender %.3f, age %.3f), %.0f img/s%s", out.k, row["epoch"], cfg.epochs, row["train_loss"],
+                 row["val_loss"], row["served_f1"], row["f1"], row["f1_mask"], row["f1_gender"], row["f1_age"],
+                 row["train_img_per_s"],
                  "  *best" if improved else "")
         if on_epoch is not None and distributed.is_main():
             on_epoch(out.k, row)
-    return finish_fold(cfg, out, val_df, val_ds, rt, state)
+    return finish_fold(cfg, out, val_df, val_ds, rt, state, groups)
 
 
-def finish_fold(cfg, out: Fold, val_df, val_ds, rt: Runtime, state: dict) -> dict:
+def finish_fold(cfg, out: Fold, val_df, val_ds, rt: Runtime, state: dict, groups: np.ndarray) -> dict:
     """Scores the best checkpoint on the whole validation fold as the config serves it, with and without person
     sharing, and saves the evidence: the images' and their mirrors' probabilities and the blind person groups, so
     that every serving policy can be scored later from the file alone."""
@@ -243,7 +254,6 @@ def finish_fold(cfg, out: Fold, val_df, val_ds, rt: Runtime, state: dict) -> dic
     serving = dataclasses.replace(Serving.of_config(cfg, (out.run,)), person_consistent=True)
     probs = serving.with_face((plain + mirrored) / 2 if serving.tta else plain, val_df["path"], [out.k])
     labels = val_df["label"].to_numpy()
-    groups = serving.groups(val_ds.images)
     shared = serving.finish(probs, groups)
     result = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "n_val_images": len(val_df),
               "n_val_persons": int(val_df["person"].nunique()), "tta": cfg.tta, **score(labels, probs),

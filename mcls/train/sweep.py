@@ -114,9 +114,10 @@ def sweep(base: Config, space: dict[str, dict], trials: int, folds: list[int], s
         steps = iter(range(10**6))
 
         def report(fold, row, trial=trial):
-            trial.report(row["f1"], next(steps))
+            trial.report(row.get("served_f1", row["f1"]), next(steps))
             if trial.should_prune():
-                raise optuna.TrialPruned(f"fold {fold} epoch {row['epoch']}: F1 {row['f1']:.4f} below the median")
+                raise optuna.TrialPruned(f"fold {fold} epoch {row['epoch']}: F1 {row.get('served_f1', row['f1']):.4f} "
+                                         "below the median")
 
         say(f"trial {trial.number}: {params} -> {run_dir}")
         try:
