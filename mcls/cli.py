@@ -215,7 +215,7 @@ def cmd_compare(args) -> None:
 def _slug(side) -> str:
     """A folder name for one side: its runs' names and serving keys."""
     keys = "".join(f"-{k}={v}" for k, v in side.overrides.items())
-    return "+".join(r.resolve().name for r in side.runs) + keys
+    return ",".join("+".join(Path(p).resolve().name for p in str(r).split("+")) for r in side.runs) + keys
 
 
 # The demo's own settings (not the package defaults): 8 epochs at 128 px on the 48-person sample are enough for
@@ -493,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the differing rows (ImageID, a, b) to this CSV")
     p = sub.add_parser("compare", help="is B better than A? paired differences on their common folds with 95 % "
                                        "intervals over persons (and seeds), per fold, and a verdict")
-    p.add_argument("a", metavar="A", help="the reference: a run folder, or runs of several train_seeds joined by ','")
+    p.add_argument("a", metavar="A", help="the reference: a run folder; runs of several train_seeds joined by ','; "
+                                          "runs joined by '+' are averaged into one model")
     p.add_argument("b", metavar="B", help="the candidate, the same way (A again with other serving keys is valid)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="serving keys for both sides (tta=false), or for one (a.tta=false, b.person_consistent=true)")

@@ -2,6 +2,7 @@
 saved validation predictions differ on a chosen set of persons."""
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,11 +34,11 @@ def fold_rows(k: int, persons: int = PERSONS, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def make_run(path, folds: dict[int, pd.DataFrame], wrong_persons=(), flip_wrong_persons=None, flip_sure=0.83,
-             **keys):
+def make_run(path, folds: dict[int, pd.DataFrame], wrong_persons=(), flip_wrong_persons=None, flip_sure=None,
+             sure=0.83, **keys):
     """A run folder as training leaves it, whose model answers every image right except the photos of
-    `wrong_persons`, which it calls one class off; its mirror view errs on `flip_wrong_persons` (default: the same)
-    and gives its answer probability `flip_sure`."""
+    `wrong_persons`, which it calls one class off, giving its answer probability `sure`; its mirror view errs on
+    `flip_wrong_persons` (default: the same) and gives its answer probability `flip_sure` (default: `sure`)."""
     cfg = Config(run_dir=str(path), **keys)
     write_text(path / "config.yaml", cfg.to_yaml())
     for k, rows in folds.items():
@@ -47,8 +48,9 @@ def make_run(path, folds: dict[int, pd.DataFrame], wrong_persons=(), flip_wrong_
             p[np.arange(len(rows)), answer] = sure
             return p
         table = rows.copy()
-        table[PROB_COLUMNS] = probs(wrong_persons)
-        table[FLIP_COLUMNS] = probs(wrong_persons if flip_wrong_persons is None else flip_wrong_persons, flip_sure)
+        table[PROB_COLUMNS] = probs(wrong_persons, sure)
+        table[FLIP_COLUMNS] = probs(wrong_persons if flip_wrong_persons is None else flip_wrong_persons,
+                                    sure if flip_sure is None else flip_sure)
         (path / f"fold{k}").mkdir(parents=True, exist_ok=True)
         (path / f"fold{k}" / "best.pt").write_bytes(b"")  # the model itself is never loaded: scoring reads the CSV
         write_csv(path / f"fold{k}" / "val_predictions.csv", table)
@@ -199,3 +201,13 @@ def test_lb_prints_the_boards_noise_beside_the_recorded_score(tmp_path, folds, c
     assert f"against {a}: out-of-fold difference -0." in text and "the board" in text
     assert json.loads((b / "leaderboard.json").read_text())["scores"][0]["public"] == 0.71
     assert main(["lb", str(b), "0.71", "--persons", "0"]) == 2
+
+
+def test_runs_joined_by_plus_are_averaged_into_one_model(tmp_path, folds):
+    """Seed 1 errs on persons 1 and 3, seed 7 (surer) on person 2: their average follows the surer model where they
+    disagree, so it errs on person 2 alone, one person fewer than seed 1 on fold 0."""
+    a1 = make_run(tmp_path / "a1", folds, wrong_persons={"f0p001", "f0p003"})
+    a2 = make_run(tmp_path / "a2", folds, wrong_persons={"f0p002"}, sure=0.95, train_seed=7)
+    average = compare(Side((a1,)), Side((Path(f"{a1}+{a2}"),)), n_resamples=100)
+    assert average.per_fold["acc"] == pytest.approx({0: PHOTOS / (PERSONS * PHOTOS), 1: 0, 2: 0})
+    assert average.b.runs == (Path(f"{a1}+{a2}"),) and "+" in average.b.label

@@ -2,9 +2,11 @@
 two ways) on the folds both have, with 95 % intervals from the person bootstrap (mcls.bootstrap), per-fold
 differences, a verdict in words, and the seed-to-seed spread where a side names several seeds.
 
-A side is one or more run folders trained on the same folds with different `train_seed`s, plus serving keys
-(mcls.infer.serving.SERVING_KEYS); its score is the mean of its seeds' scores. Out-of-fold predictions come from
-the runs' saved validation predictions, served as the side asks.
+A side is one or more models trained on the same folds with different `train_seed`s, plus serving keys
+(mcls.infer.serving.SERVING_KEYS); its score is the mean of its seeds' scores. A model is a run folder, or several
+joined by "+" whose probabilities are averaged (a seed ensemble, served as `mcls predict --run A --run B` serves it:
+every person is out of fold for each of them). Out-of-fold predictions come from the runs' saved validation
+predictions, served as the side asks.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ class CompareError(ValueError):
 class Side:
     """What one side of a comparison serves: its seeds' run folders and the serving keys given for it."""
 
-    runs: tuple[Path, ...]
+    runs: tuple[Path, ...]  # one per seed; a path "a+b" is the average of run folders a and b
     overrides: dict = field(default_factory=dict)
 
     @property
@@ -45,7 +47,7 @@ class Side:
 
     def served(self) -> list[dict[int, OutOfFold]]:
         """Each seed's {fold: out-of-fold rows and probabilities as this side serves them}."""
-        return [Serving.resolve(Run.open(r), self.overrides).oof() for r in self.runs]
+        return [Serving.resolve([Run.open(p) for p in str(r).split("+")], self.overrides).oof() for r in self.runs]
 
 
 def _aligned(a: OutOfFold, b: OutOfFold, k: int, name_a: str, name_b: str) -> np.ndarray:
