@@ -215,7 +215,9 @@ def cmd_compare(args) -> None:
 def _slug(side) -> str:
     """A folder name for one side: its runs' names and serving keys."""
     keys = "".join(f"-{k}={v}" for k, v in side.overrides.items())
-    return ",".join("+".join(Path(p).resolve().name for p in str(r).split("+")) for r in side.runs) + keys
+    from mcls.analysis.compare import models
+
+    return ",".join("+".join(p.resolve().name for p in models(r)) for r in side.runs) + keys
 
 
 # The demo's own settings (not the package defaults): 8 epochs at 128 px on the 48-person sample are enough for

@@ -211,3 +211,6 @@ def test_runs_joined_by_plus_are_averaged_into_one_model(tmp_path, folds):
     average = compare(Side((a1,)), Side((Path(f"{a1}+{a2}"),)), n_resamples=100)
     assert average.per_fold["acc"] == pytest.approx({0: PHOTOS / (PERSONS * PHOTOS), 1: 0, 2: 0})
     assert average.b.runs == (Path(f"{a1}+{a2}"),) and "+" in average.b.label
+    named = make_run(tmp_path / "default+external-1a2b", folds)  # a folder whose own name holds "+"
+    assert compare(Side((a1,)), Side((named,)), n_resamples=100).per_fold["acc"][0] == pytest.approx(
+        2 * PHOTOS / (PERSONS * PHOTOS))

@@ -42,12 +42,18 @@ class Side:
     @property
     def label(self) -> str:
         keys = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in self.overrides.items())
-        runs = " + ".join(str(r) for r in self.runs) if len(self.runs) > 1 else str(self.runs[0])
+        runs = ", ".join(str(r) for r in self.runs)
         return f"{runs}{f' ({keys})' if keys else ''}" + (f" [{len(self.runs)} seeds]" if len(self.runs) > 1 else "")
 
     def served(self) -> list[dict[int, OutOfFold]]:
         """Each seed's {fold: out-of-fold rows and probabilities as this side serves them}."""
-        return [Serving.resolve([Run.open(p) for p in str(r).split("+")], self.overrides).oof() for r in self.runs]
+        return [Serving.resolve([Run.open(p) for p in models(r)], self.overrides).oof() for r in self.runs]
+
+
+def models(spec) -> list[Path]:
+    """The run folders one model of a side averages: "a+b" is a and b, unless a folder is named so itself."""
+    spec = str(spec)
+    return [Path(spec)] if Path(spec).exists() or "+" not in spec else [Path(p) for p in spec.split("+")]
 
 
 def _aligned(a: OutOfFold, b: OutOfFold, k: int, name_a: str, name_b: str) -> np.ndarray:
