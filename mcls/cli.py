@@ -149,10 +149,9 @@ def cmd_lb(args) -> None:
 
     from mcls.analysis.compare import Side, board_noise
 
+    check_scores(args)
     run = Run.open(args.run)
     persons = args.persons or board_persons(run)
-    if args.persons is not None and args.persons < 1:
-        raise ConfigError(f"--persons {args.persons}: a leaderboard scores at least 1 person")
     entry = record_leaderboard(args.run, args.public, args.private, args.note or "")
     cv = cv_score(run.summary, run.config)
     private = f", private {entry['private']:.4f}" if entry["private"] is not None else ""
@@ -167,6 +166,15 @@ def cmd_lb(args) -> None:
     against = Side((Path(args.against),)) if args.against else None
     noise = board_noise(Side((run.path,)), persons, against)
     print("\n".join(noise.lines(entry["public"], args.against)))
+
+
+def check_scores(args) -> None:
+    for name in ("public", "private"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value <= 1:
+            raise ConfigError(f"{name} score {value} is not a macro F1 in 0..1")
+    if args.persons is not None and args.persons < 1:
+        raise ConfigError(f"--persons {args.persons}: a leaderboard scores at least 1 person")
 
 
 def board_persons(run) -> int | None:
@@ -360,18 +368,25 @@ def cmd_crop(args) -> None:
     print(f"report: {out}")
 
 
+# the keys the leak guard reads: the two sets, its threshold and how faces are found for the descriptors
+LEAK_CHECK_KEYS = ("data_dir", "external_data", "external_threshold", "crop_cache", "crop_min_confidence", "device")
+
+
+def leak_check_config(args) -> Config:
+    unknown = sorted(set(_given(args)) - set(LEAK_CHECK_KEYS))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: mean(s) nothing to `mcls leak-check`; it takes "
+                          f"{', '.join(LEAK_CHECK_KEYS)}")
+    return _config(args)
+
+
 def cmd_leak_check(args) -> None:
     """Compares an external face-age set with every competition photo and writes what would be dropped."""
     from mcls.data.external import read_external
     from mcls.data.faces import CropSettings
     from mcls.data.leak_guard import competition_photos, guard, save_report
 
-    # the keys the guard reads: the two sets, its threshold and how faces are found for the descriptors
-    accepted = ("data_dir", "external_data", "external_threshold", "crop_cache", "crop_min_confidence", "device")
-    unknown = sorted(set(_given(args)) - set(accepted))
-    if unknown:
-        raise ConfigError(f"{', '.join(unknown)}: mean(s) nothing to `mcls leak-check`; it takes {', '.join(accepted)}")
-    cfg = _config(args)
+    cfg = leak_check_config(args)
     if not cfg.external_data:
         raise ConfigError("leak-check needs external_data=<folder of UTKFace-named photos or path,age,gender CSV>")
     external = read_external(cfg.external_data)  # every bad name or row, before any descriptor is computed
@@ -518,7 +533,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", metavar="RUN", help="also the board's noise on this run's difference from RUN "
                                                     "(both trained on the same folds)")
     p.set_defaults(fn=cmd_lb, overrides=[])
+    for command in sub.choices.values():
+        command.add_argument("--check", action="store_true",
+                             help="check the command's keys and values, then stop: nothing is trained or written")
     return parser
+
+
+def validate(args) -> None:
+    """The checks a command makes before any work, alone (`--check`): its keys, their values, and the config a
+    training resolves to (what a switch such as smoke derives included)."""
+    if args.command in ("predict", "calibrate", "face-prior"):
+        prediction_keys(args, PREDICT_KEYS if args.command == "predict" else ())
+    elif args.command == "compare":
+        compare_sides(args)
+    elif args.command == "leak-check":
+        leak_check_config(args)
+    elif args.command == "pipeline":
+        from mcls.pipeline import pipeline_settings
+
+        pipeline_settings(_given(args))
+    elif args.command == "lb":
+        check_scores(args)
+    elif args.command != "runs":
+        cfg = _config(args)
+        Config.from_dict(cfg.resolved().to_dict(), source="the resolved config")
 
 
 def describe_os_error(err: OSError) -> str:
@@ -551,6 +589,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING if quiet else logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s")
     try:
+        if args.check:
+            validate(args)
+            print(f"mcls {args.command}: the keys and values are valid (--check: nothing was run)")
+            return 0
         args.fn(args)
     except (ValueError, OSError) as err:  # ConfigError, DataError, CheckpointError, OutputError and the OS's own
         if args.debug or os.environ.get("MCLS_DEBUG"):
