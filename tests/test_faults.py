@@ -259,12 +259,12 @@ def test_a_full_disk_during_training_keeps_the_last_epoch_and_resume_finishes(ti
 
 
 def test_the_cli_turns_a_full_disk_into_what_to_do(capsys, monkeypatch):
-    import mcls.cli as cli_module
+    from mcls.cli import evidence
 
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device", "runs/x/fold0/last.pt")
 
-    monkeypatch.setattr(cli_module, "cmd_runs", full)
+    monkeypatch.setattr(evidence, "cmd_runs", full)
     code, err = cli(capsys, "runs")
     assert code == 2 and "runs/x/fold0/last.pt: the disk is full; free space, then run the same command" in err
 
