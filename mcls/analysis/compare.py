@@ -45,9 +45,16 @@ class Side:
         runs = ", ".join(str(r) for r in self.runs)
         return f"{runs}{f' ({keys})' if keys else ''}" + (f" [{len(self.runs)} seeds]" if len(self.runs) > 1 else "")
 
+    def servings(self) -> list[Serving]:
+        return [Serving.resolve([Run.open(p) for p in models(r)], self.overrides) for r in self.runs]
+
     def served(self) -> list[dict[int, OutOfFold]]:
         """Each seed's {fold: out-of-fold rows and probabilities as this side serves them}."""
-        return [Serving.resolve([Run.open(p) for p in models(r)], self.overrides).oof() for r in self.runs]
+        return [s.oof() for s in self.servings()]
+
+    def how(self) -> str:
+        """How the side is served, the run's own config and the keys given together (its first seed's)."""
+        return self.servings()[0].describe().splitlines()[-1]
 
 
 def models(spec) -> list[Path]:
@@ -138,7 +145,7 @@ class Comparison:
 
     def lines(self) -> list[str]:
         """What `mcls compare` prints."""
-        out = [f"A = {self.a.label}", f"B = {self.b.label}",
+        out = [f"A = {self.a.label}: {self.a.how()}", f"B = {self.b.label}: {self.b.how()}",
                f"{int(LEVEL * 100)} % intervals over {self.covers}", "",
                f"{'':<24}{'A':>8}{'B':>8}{'B - A':>9}  {'interval':<18}{'p':>6}  per fold (B - A)"]
         for m in METRICS:
@@ -158,8 +165,8 @@ class Comparison:
 
     def record(self) -> dict:
         """compare.json's content."""
-        return {"a": {"runs": [str(r) for r in self.a.runs], "serving": self.a.overrides},
-                "b": {"runs": [str(r) for r in self.b.runs], "serving": self.b.overrides},
+        return {"a": {"runs": [str(r) for r in self.a.runs], "serving": self.a.overrides, "served": self.a.how()},
+                "b": {"runs": [str(r) for r in self.b.runs], "serving": self.b.overrides, "served": self.b.how()},
                 "folds": self.folds, "n_persons": self.n_persons, "n_resamples": self.n_resamples,
                 "bootstrap_seed": self.seed, "level": LEVEL, "covers": self.covers, "verdict": self.verdict(),
                 "persons_to_resolve": self.persons_needed(),

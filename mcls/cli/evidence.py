@@ -76,7 +76,7 @@ def cmd_compare(args) -> None:
 
 def _slug(side) -> str:
     """A folder name for one side: its runs' names and serving keys."""
-    keys = "".join(f"-{k}={v}" for k, v in side.overrides.items())
+    keys = "".join(f"-{k}={str(v).lower()}" for k, v in side.overrides.items())
     from mcls.analysis.compare import models
 
     return ",".join("+".join(p.resolve().name for p in models(r)) for r in side.runs) + keys
