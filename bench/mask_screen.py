@@ -39,12 +39,12 @@ from common import machine
 from mcls.analysis.robustness import real_mask_f1
 from mcls.config import Config, parse_overrides, read_yaml_keys
 from mcls.data.dataset import ImageArrayDataset, targets_of
-from mcls.data.images import load_images
+from mcls.data.cache import load_images
 from mcls.model.classifier import create_model, unit_float
 from mcls.runtime.device import seed_everything
 from mcls.train.augment import create_train_transform
 from mcls.train.ema import ema_model
-from mcls.train.fit import warmup_cosine
+from mcls.train.steps import warmup_cosine
 from mcls.train.mask_view import MaskView
 from mcls.train.mixing import BatchMixer
 from mcls.train.run import load_training_data

@@ -21,6 +21,23 @@ class ConfigError(ValueError):
     """Raised with every problem found in a config, not only the first."""
 
 
+def one_of(default: str, *others: str):
+    """A key whose value is one of a few names, the first the default: its valid choices live beside the field
+    (the registries that build them, in model/, runtime/ and train/, are checked against these by the tests)."""
+    return field(default=default, metadata={"choices": (default, *others)})
+
+
+def serving(default):
+    """A key that changes how a trained run predicts (mcls.infer.serving); any other key means nothing to
+    prediction."""
+    return field(default=default, metadata={"role": "serving"})
+
+
+# The heads whose mask task has a backbone of its own (mcls.model.classifier.TASK_BACKBONES: its size, view and
+# mixing are its own).
+MASK_BACKBONE_HEADS = ("mask_apart", "separate")
+
+
 # What the mask-task keys are on a model without a mask backbone of its own (heads=multi or single): setting such
 # heads takes these for the keys not given with it, since the defaults' values act only on the mask task's own
 # backbone. One backbone, three heads and these keys are the defaults until 2026-12-03.
@@ -39,8 +56,8 @@ class Config:
     age_bounds: list[int] = field(default_factory=lambda: [30, 60])  # band edges: <30, 30-59, >=60
     train_old_age: int = 60  # training-only edge of the oldest band (58/59 trick); never used for validation
     near_edge_drop: int = 0  # training drops ages this many years below each edge (3: 27-29 and 57-59); 0 = none
-    on_bad_image: str = "error"  # error | skip
-    crop: str = "none"  # none | mtcnn (face crops, cached; prediction applies the run's crop too)
+    on_bad_image: str = one_of("error", "skip")
+    crop: str = one_of("none", "mtcnn")  # mtcnn: face crops, cached; prediction applies the run's crop too
     crop_margin: float = 0.1  # crop = face box + this fraction of its size on every side ...
     crop_chin: float = 0.2  # ... and this much more below, so a mask pulled down to the chin stays in
     crop_min_confidence: float = 0.9  # weaker detections count as no face
@@ -57,15 +74,15 @@ class Config:
     pretrained: str = "offline"  # offline | timm | none | path to a state_dict file
     # mask_apart: the mask task in a small backbone of its own (reframed, left/right cut), gender and age sharing
     # `backbone`; multi: one backbone, three heads; single: one 18-way head; separate: one backbone per task
-    heads: str = "mask_apart"
+    heads: str = one_of("mask_apart", "multi", "single", "separate")
     mask_backbone: str = "mobilenetv2_100"  # heads=mask_apart | separate: the mask task's backbone ("" = `backbone`)
     mask_size: int = 112  # heads=mask_apart | separate: px the mask task's backbone sees (0 = img_size)
     img_size: int = 160
     drop_rate: float = 0.2
-    age_head: str = "band"  # band (3-way) | dist (exact-age distribution, banded) | both (their average)
+    age_head: str = one_of("band", "dist", "both")  # 3-way | exact-age distribution, banded | their average
     age_sigma: float = 3.0  # years: spread of the exact-age target distribution
     # --- loss ---
-    loss: str = "ce"  # ce | weighted_ce | focal | label_smoothing | f1
+    loss: str = one_of("ce", "weighted_ce", "focal", "label_smoothing", "f1")
     loss_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # mask, gender, age
     label_smoothing: float = 0.1
     focal_gamma: float = 2.0
@@ -76,18 +93,19 @@ class Config:
     weight_decay: float = 0.01
     warmup_epochs: float = 0.5
     patience: int = 3  # early stopping: epochs without a better validation macro F1
-    augment: str = "light"  # none | light | strong | robust (strong + mask recolour, chin cuts, low light)
-    sampler: str = "uniform"  # uniform | balanced (draws gender x age-band cells equally often)
+    augment: str = one_of("light", "none", "strong", "robust")  # robust: strong + mask recolour, chin cuts, low light
+    sampler: str = one_of("uniform", "balanced")  # balanced draws gender x age-band cells equally often
     wear_per_person: int = 2  # of each person's 5 correctly-worn photos, how many an epoch trains on (redrawn)
-    mix: str = "vcutmix_fixed"  # none | vcutmix (left/right halves of two faces; _fixed: cut at 46-54 %) | cutmix |
-    # mixup
+    # vcutmix: left/right halves of two faces (_fixed: cut at 46-54 %)
+    mix: str = one_of("vcutmix_fixed", "none", "vcutmix", "cutmix", "mixup")
     mix_prob: float = 0.5  # share of batches mixed
     mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
-    mix_tasks: str = "mask"  # mask (a mask backbone of its own: only it sees mixed batches) | all
-    mask_view: str = "reframe"  # none | reframe | reframe_lowres (a mask backbone of its own sees faces shrunk and
-    # moved in frame; _lowres also blurs half of them)
+    mix_tasks: str = one_of("mask", "all")  # mask: a mask backbone of its own, only it sees mixed batches
+    # a mask backbone of its own sees faces shrunk and moved in frame; _lowres also blurs half of them
+    mask_view: str = one_of("reframe", "none", "reframe_lowres")
     ema_decay: float = 0.995  # moving average of weights, validated and saved; its decay warms up to this; 0 = off
-    pseudo_label: str = "none"  # none | eval (unlabelled eval images join training) | validation (measuring only)
+    # eval: unlabelled eval images join training; validation: measuring only
+    pseudo_label: str = one_of("none", "eval", "validation")
     pseudo_run: str = ""  # the first-stage run whose fold-k model labels them for fold k
     pseudo_threshold: float = 0.9  # minimum probability of the predicted class to keep a pseudo label
     # external face-age photos (a folder of UTKFace-named files or a path,age,gender CSV; "" = none): those that
@@ -95,7 +113,7 @@ class Config:
     external_data: str = ""
     # pretrain: a backbone pretrained on them once starts every fold's gender/age tasks (mcls.train.pretrain);
     # joint: they join every fold's batches, their mask loss ignored (mcls.train.joint); both: the two together
-    external_training: str = "pretrain"
+    external_training: str = one_of(*EXTERNAL_TRAINING)
     external_share: float = 0.5  # joint | both: external faces an epoch draws, per competition row it trains on
     external_min_age: int = 18  # external faces younger than this are left out (the competition's persons are adults)
     # the leak guard: external faces closer than this to a competition face (unit-length dlib descriptors) are one of
@@ -107,22 +125,23 @@ class Config:
     # --- runtime ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision, used on CUDA only
-    amp_dtype: str = "auto"  # auto (bfloat16 where the GPU has it, else float16 + loss scaling) | bfloat16 | float16
-    channels_last: str = "auto"  # auto (CUDA only) | on | off
+    # auto: bfloat16 where the GPU has it, else float16 + loss scaling
+    amp_dtype: str = one_of("auto", "bfloat16", "float16")
+    channels_last: str = one_of("auto", "on", "off")  # auto: CUDA only
     num_workers: int = 0
     compile: bool = False  # torch.compile the training model (needs a C++ compiler on CPU; slow first epoch)
     # --- run ---
     run_dir: str = ""  # "" = runs/<timestamp>
     members: list[str] = field(default_factory=list)  # presets / YAML overrides: more models on these folds, averaged
-    tta: bool = True  # horizontal-flip test-time augmentation for prediction
-    person_consistent: bool = True  # share gender/age across images grouped as one person (no ids used)
-    group_threshold: float = 0.4  # cosine distance under which upper-face embeddings join one person
-    face_weight: float = 0.0  # weight of the dlib face expert in the gender and age heads (0 = off; >0 fits one per fold)
-    calibrate_age: bool = False  # fit age-band priors on out-of-fold predictions (2+ folds) and apply them
+    tta: bool = serving(True)  # horizontal-flip test-time augmentation for prediction
+    person_consistent: bool = serving(True)  # share gender/age across images grouped as one person (no ids used)
+    group_threshold: float = serving(0.4)  # cosine distance under which upper-face embeddings join one person
+    face_weight: float = serving(0.0)  # weight of the dlib face expert in the gender and age heads (0 = off; >0 fits one per fold)
+    calibrate_age: bool = serving(False)  # fit age-band priors on out-of-fold predictions (2+ folds) and apply them
     smoke: bool = False  # tiny run for tests and first tries: 1 epoch, small images
     compare_with: str = ""  # notebook 05: a teammate's submission, probabilities or run to show disagreements with
     reference_run: str = ""  # notebook 05: a run folder this run is judged against (mcls compare: paired intervals)
-    tracker: str = "none"  # none | mlflow
+    tracker: str = one_of("none", "mlflow")
     tracking_uri: str = ""  # MLflow server (e.g. http://host:5000); "" = a local store at <runs>/mlruns
     # --- inspection (notebook 04, `mcls cam`) ---
     cam_method: str = "gradcam"  # any name in mcls.analysis.cam.METHODS
@@ -166,13 +185,7 @@ class Config:
         return new
 
     def _value_problems(self) -> list[str]:
-        choices = {**registry_choices(),
-                   "on_bad_image": ("error", "skip"),
-                   "crop": ("none", "mtcnn"),
-                   "channels_last": ("auto", "on", "off"),
-                   "tracker": ("none", "mlflow"),
-                   "pseudo_label": ("none", "eval", "validation"),
-                   "external_training": EXTERNAL_TRAINING}
+        choices = key_choices()
         out = [f"{k}={getattr(self, k)!r} is not one of {v}" for k, v in choices.items() if getattr(self, k) not in v]
         if len(self.age_bounds) != 2 or self.age_bounds[0] >= self.age_bounds[1]:
             out.append(f"age_bounds={self.age_bounds} must be two increasing ages, e.g. [30, 60]")
@@ -285,26 +298,17 @@ class Config:
 
 
 def has_mask_backbone(heads: str) -> bool:
-    """classifier.has_mask_backbone, imported when asked: the model package imports this module."""
-    from mcls.model.classifier import has_mask_backbone as has
-
-    return has(heads)
+    return heads in MASK_BACKBONE_HEADS
 
 
-def registry_choices() -> dict[str, tuple]:
-    """The valid values of the keys that name a registered piece, read from the registries that build them, so a
-    new loss, augmentation set, mixer, head or sampler is a valid key value once it is registered."""
-    from mcls.model.classifier import AGE_HEADS, HEAD_TYPES
-    from mcls.runtime.device import AMP_DTYPES
-    from mcls.train.augment import AUGMENTATIONS
-    from mcls.train.losses import LOSSES
-    from mcls.train.mask_view import MASK_VIEWS
-    from mcls.train.mixing import MIX_TASKS, MIXES
-    from mcls.train.sampling import SAMPLERS
+def key_choices() -> dict[str, tuple[str, ...]]:
+    """{key: its valid values} for every key that takes one of a few names."""
+    return {f.name: f.metadata["choices"] for f in dataclasses.fields(Config) if "choices" in f.metadata}
 
-    return {"heads": HEAD_TYPES, "age_head": AGE_HEADS, "amp_dtype": AMP_DTYPES, "augment": tuple(AUGMENTATIONS),
-            "loss": LOSSES, "mix": MIXES, "mix_tasks": MIX_TASKS, "mask_view": MASK_VIEWS,
-            "sampler": SAMPLERS}
+
+def serving_keys() -> tuple[str, ...]:
+    """The keys that change how a trained run predicts, in field order."""
+    return tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("role") == "serving")
 
 
 def read_yaml_keys(path: str | Path) -> tuple[Path, dict[str, Any]]:

@@ -7,7 +7,8 @@ from conftest import TINY
 from PIL import Image
 
 from mcls.config import Config
-from mcls.data.images import BadImageError, decode_image, load_images
+from mcls.data.cache import load_images
+from mcls.data.images import BadImageError, decode_image
 from mcls.data.table import load_train_table
 from mcls.io import atomic_path, write_text
 from mcls.model.checkpoint import load_checkpoint

@@ -14,7 +14,8 @@ from PIL import Image
 from mcls.config import Config, ConfigError
 from mcls.data import faces
 from mcls.data.faces import CropSettings, crop_paths, detection_rate
-from mcls.data.images import load_images, load_resized
+from mcls.data.cache import load_images
+from mcls.data.images import load_resized
 
 FACES = ["000045_male_Indian_52/normal.jpg", "000120_female_White_18/mask1.jpeg", "000065_female_Indian_59/normal.jpg"]
 OFFSET = (150, 60)  # where the 200 px face photo sits on a 400 x 400 gray canvas

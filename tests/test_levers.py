@@ -111,7 +111,7 @@ def test_lowres_blurs_about_half_the_reframed_faces_and_keeps_the_reframing():
 def test_a_reframed_batch_reaches_the_mask_backbone_alone():
     from mcls.model.classifier import create_model
     from mcls.runtime.device import Runtime
-    from mcls.train.fit import train_one_epoch
+    from mcls.train.steps import train_one_epoch
     from mcls.train.losses import TaskLoss
     from mcls.train.mask_view import MaskView
 

@@ -10,7 +10,7 @@ from mcls.labels import HEAD_SIZES, NUM_CLASSES
 from mcls.model.checkpoint import load_checkpoint, save_best
 from mcls.model.classifier import TASK_BACKBONES, class_log_probs, model_from_config
 from mcls.runtime.device import Runtime, seed_everything
-from mcls.train.fit import train_one_epoch
+from mcls.train.steps import train_one_epoch
 from mcls.train.losses import TaskLoss
 from mcls.train.mask_view import MaskView
 from mcls.train.mixing import BatchMixer

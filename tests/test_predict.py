@@ -73,7 +73,7 @@ def test_a_different_submission_never_replaces_the_old_one_silently(trained_run,
 
 
 def test_person_consistent_prediction_answers_gender_and_age_once_per_blind_group(trained_run, sample_dir):
-    from mcls.data.images import load_images
+    from mcls.data.cache import load_images
     from mcls.data.table import load_train_table
     from mcls.infer.persons import face_embeddings, group_images
     from mcls.infer.predictor import predict_paths

@@ -9,10 +9,11 @@ from conftest import ROOT, SAMPLE, TINY
 
 from mcls.config import Config, ConfigError
 from mcls.data import embeddings
+from mcls.model.checkpoint import load_face_weights
 from mcls.model.classifier import model_from_config
 from mcls.runs.layout import Run
 from mcls.train.preflight import check_references
-from mcls.train.pretrain import external_lines, load_face_weights, prepare_external
+from mcls.train.pretrain import external_lines, prepare_external
 
 EXTERNAL = ROOT / "data" / "external-sample"
 needs_dlib = pytest.mark.skipif(not embeddings.available(), reason="dlib and its model files are not installed")

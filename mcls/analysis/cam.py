@@ -314,7 +314,7 @@ def _plan_grids(table: pd.DataFrame, names: dict, n: int, per_class: int, person
 def _load_as_trained(paths, cfg, device: str) -> np.ndarray:
     """uint8 (N, S, S, 3) images as the run's validation saw them, face-cropped if the run was trained on crops."""
     from mcls.data.faces import CropSettings
-    from mcls.data.images import load_images
+    from mcls.data.cache import load_images
 
     return load_images(paths, cfg.img_size, crop=CropSettings.from_config(cfg, device=device))[0]
 

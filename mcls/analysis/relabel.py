@@ -142,7 +142,7 @@ def embed(paths, backbone: str = "tf_efficientnet_lite0", size: int = 224, devic
     (features, indices of unreadable images)."""
     import torch
 
-    from mcls.data.images import load_images
+    from mcls.data.cache import load_images
     from mcls.model.classifier import create_model
     from mcls.runtime.device import Runtime
     from mcls.runtime.progress import progress

@@ -20,7 +20,7 @@ def cmd_folds(args) -> None:
 
 def cmd_check(args) -> None:
     """Validates the data folder (every problem listed) and prints what was found."""
-    from mcls.data.images import load_images
+    from mcls.data.cache import load_images
     from mcls.data.table import load_eval_table, load_train_table
 
     cfg = config_of(args)
@@ -64,7 +64,8 @@ def cmd_leak_check(args) -> None:
     """Compares an external face-age set with every competition photo and writes what would be dropped."""
     from mcls.data.external import read_external
     from mcls.data.faces import CropSettings
-    from mcls.data.leak_guard import competition_photos, guard, save_report
+    from mcls.analysis.leak_report import save_report
+    from mcls.data.leak_guard import competition_photos, guard
 
     cfg = leak_check_config(args)
     if not cfg.external_data:

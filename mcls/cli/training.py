@@ -32,7 +32,8 @@ def cmd_calibrate(args) -> None:
 
 
 def cmd_face_prior(args) -> None:
-    from mcls.infer.face_expert import fit_run_experts, weight_scores
+    from mcls.analysis.face_prior import weight_scores
+    from mcls.infer.face_expert import fit_run_experts
     from mcls.runs.layout import Run
 
     overrides, _ = prediction_keys(args, ())

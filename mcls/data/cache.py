@@ -1,4 +1,5 @@
-"""A disk cache of decoded (and face-cropped) images at model resolution, memory-mapped on reuse.
+"""Images at model resolution, decoded once: the face crop and the decoding composed (load_images), and a disk
+cache of the result, memory-mapped on reuse.
 
 The key covers every input of the pixels: each file's path, size and modification time, the resolution and the
 crop settings. Change any of them and a new array is built; the old one is left alone. Folds, runs, notebooks
@@ -11,11 +12,13 @@ import hashlib
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from mcls.data.images import load_images
+from mcls.data.faces import crop_paths
+from mcls.data.images import BadImageError, load_resized
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when decoding or resizing changes what the same inputs produce
@@ -78,3 +81,35 @@ def cached_images(paths, size: int, on_bad_image: str = "error", crop=None, cach
     tmp_meta.write_text(json.dumps({"bad": bad, "n": len(paths), "size": size}))
     os.replace(tmp_meta, meta_file)
     return images, bad
+
+
+def load_images(paths, size: int, on_bad_image: str = "error", threads: int = 4, crop=None):
+    """Decodes every path once into one (N, size, size, 3) uint8 array, face-cropped first when `crop` (a
+    faces.CropSettings, e.g. CropSettings.from_config(cfg)) is given.
+
+    Returns (array, bad) where `bad` lists the indices that could not be read. With on_bad_image="error" any bad
+    file raises one BadImageError naming all of them; with "skip" their rows are left black and logged, and the
+    caller drops them.
+    """
+    paths = [str(p) for p in paths]
+    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    errors: dict[int, str] = {}
+    boxes = [None] * len(paths)
+    if crop is not None:
+        report = crop_paths(paths, crop)  # unreadable files get no box here and are reported by decoding below
+        boxes = [None if r.x1 < 0 else (r.x1, r.y1, r.x2, r.y2) for r in report.itertuples()]
+
+    def work(i):
+        try:
+            out[i] = load_resized(paths[i], size, boxes[i])
+        except BadImageError as err:
+            errors[i] = str(err)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(work, range(len(paths))))
+    if errors:
+        listing = "\n  ".join(errors[i] for i in sorted(errors))
+        if on_bad_image == "error":
+            raise BadImageError(f"{len(errors)} unreadable image(s) (set on_bad_image=skip to skip them):\n  {listing}")
+        log.warning("skipping %d unreadable image(s):\n  %s", len(errors), listing)
+    return out, sorted(errors)

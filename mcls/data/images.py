@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -65,37 +64,3 @@ def load_resized(path: str | Path, size: int, box=None) -> np.ndarray:
     if arr.shape[:2] != (size, size):
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BICUBIC))
     return arr
-
-
-def load_images(paths, size: int, on_bad_image: str = "error", threads: int = 4, crop=None):
-    """Decodes every path once into one (N, size, size, 3) uint8 array, face-cropped first when `crop` (a
-    faces.CropSettings, e.g. CropSettings.from_config(cfg)) is given.
-
-    Returns (array, bad) where `bad` lists the indices that could not be read. With on_bad_image="error" any bad
-    file raises one BadImageError naming all of them; with "skip" their rows are left black and logged, and the
-    caller drops them.
-    """
-    paths = [str(p) for p in paths]
-    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
-    errors: dict[int, str] = {}
-    boxes = [None] * len(paths)
-    if crop is not None:
-        from mcls.data.faces import crop_paths
-
-        report = crop_paths(paths, crop)  # unreadable files get no box here and are reported by decoding below
-        boxes = [None if r.x1 < 0 else (r.x1, r.y1, r.x2, r.y2) for r in report.itertuples()]
-
-    def work(i):
-        try:
-            out[i] = load_resized(paths[i], size, boxes[i])
-        except BadImageError as err:
-            errors[i] = str(err)
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(work, range(len(paths))))
-    if errors:
-        listing = "\n  ".join(errors[i] for i in sorted(errors))
-        if on_bad_image == "error":
-            raise BadImageError(f"{len(errors)} unreadable image(s) (set on_bad_image=skip to skip them):\n  {listing}")
-        log.warning("skipping %d unreadable image(s):\n  %s", len(errors), listing)
-    return out, sorted(errors)

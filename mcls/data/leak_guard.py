@@ -130,17 +130,3 @@ def competition_photos(data_dir) -> list[str]:
 
     train = load_train_table(data_dir)
     return [*train.loc[train["stem"] == "normal", "path"].astype(str), *load_eval_table(data_dir)["path"].astype(str)]
-
-
-def save_report(report: LeakReport, folder) -> None:
-    """The matched pairs (CSV and figure), the kept external rows and the nearest-distance histogram, in `folder`."""
-    from pathlib import Path
-
-    from mcls.analysis.plots import leak_pairs_figure, nearest_distance_figure, save
-    from mcls.io import write_csv
-
-    folder = Path(folder)
-    write_csv(folder / "leak_pairs.csv", report.pairs)
-    write_csv(folder / "external_kept.csv", report.kept)
-    save(leak_pairs_figure(report.pairs), folder / "leak_pairs.png")
-    save(nearest_distance_figure(report.nearest, report.threshold), folder / "nearest_distance.png")

@@ -123,19 +123,3 @@ def mean_expert_probs(files, descriptors: np.ndarray) -> dict[str, np.ndarray]:
 
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def weight_scores(run_dir, weights=WEIGHTS, overrides: dict | None = None) -> pd.DataFrame:
-    """Out-of-fold scores of a run served with each face weight (its other serving keys as configured, without the
-    age bias, which was fitted without the expert): what the prior buys on this run's persons."""
-    from mcls.infer.serving import Serving
-    from mcls.metrics import score
-
-    rows = []
-    for w in weights:
-        folds = Serving.resolve(run_dir, {**(overrides or {}), "face_weight": w, "calibrate_age": False}).oof()
-        per_fold = [score(f.labels, f.probs) for f in folds.values()]
-        rows.append({"face_weight": w, "folds": len(per_fold),
-                     **{k: float(np.mean([s[k] for s in per_fold]))
-                        for k in ("f1", "f1_gender", "acc_gender", "f1_age", "acc_age", "f1_old")}})
-    return pd.DataFrame(rows)

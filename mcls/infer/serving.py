@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mcls.config import Config, ConfigError
+from mcls.config import Config, ConfigError, serving_keys
 from mcls.infer.calibration import apply_age_bias
 from mcls.infer.face_expert import blend, descriptor_settings, mean_expert_probs
 from mcls.infer.persons import face_embeddings, group_images, share_within_groups
 from mcls.runs.layout import Fold, Run
 
 # Config keys that change how a trained run predicts; any other key means nothing to prediction.
-SERVING_KEYS = ("tta", "person_consistent", "group_threshold", "face_weight", "calibrate_age")
+SERVING_KEYS = serving_keys()
 
 
 @dataclass(frozen=True)

@@ -66,3 +66,36 @@ def load_training_state(path: str | Path, parts: dict, device) -> dict:
         if part is not None:
             part.load_state_dict(ckpt[name])
     return ckpt["state"]
+
+
+# The face-weights file: a face backbone and its heads, pretrained once (mcls.train.pretrain) and loaded by every
+# fold's gender and age tasks. FACE_HEADS are the heads a face backbone feeds, as MaskClassifier names them.
+FACE_HEADS = ("gender", "age", "age_band", "age_dist")
+
+
+def face_weights(model, backbone_name: str) -> dict:
+    """What a face-weights file holds: the face backbone's and face heads' state dicts, on the CPU."""
+    return {"backbone_name": backbone_name, "backbone": _cpu(model.backbone.state_dict()),
+            "heads": {h: _cpu(model.heads[h].state_dict()) for h in FACE_HEADS if h in model.heads}}
+
+
+def load_face_weights(model, path) -> None:
+    """Starts `model`'s gender and age tasks from a pretrained face backbone file: every backbone that feeds a face
+    head takes its weights, and each face head the file holds; the mask task (head and own backbone) is left alone.
+    Raises one sentence naming the file when its backbone is another architecture."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    face_heads = [h for h in FACE_HEADS if h in model.heads]
+    backbones = {id(model.backbone_for(h)): model.backbone_for(h) for h in face_heads or ["class"]}
+    try:
+        for net in backbones.values():
+            net.load_state_dict(saved["backbone"])
+        for h in face_heads:
+            if h in saved["heads"]:
+                model.heads[h].load_state_dict(saved["heads"][h])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: a pretrained {saved['backbone_name']} backbone does not fit this model "
+                         f"({str(err).splitlines()[0]}); delete it to pretrain again") from None
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}

@@ -168,7 +168,7 @@ class Run:
 
     @property
     def external_dir(self) -> Path:
-        """The leak guard's report on the run's external data (mcls.data.leak_guard.save_report) and the backbone
+        """The leak guard's report on the run's external data (mcls.analysis.leak_report.save_report) and the backbone
         pretrained on the faces it kept."""
         return self.path / EXTERNAL_DIR
 

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from mcls.config import JOINS, PRETRAINS, Config
 from mcls.data.cache import cache_key, cached_images
 from mcls.data.faces import CropSettings
 from mcls.io import atomic_path, save_torch, write_json
 from mcls.labels import age_band_names
+from mcls.model.checkpoint import face_weights
 from mcls.runs.layout import Run
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ PRETRAIN_KEYS = ("backbone", "pretrained", "img_size", "drop_rate", "age_head", 
                  "weight_decay", "warmup_epochs", "augment", "sampler", "ema_decay", "external_epochs", "seed",
                  "train_seed")
 VERSION = 1
-FACE_HEADS = ("gender", "age", "age_band", "age_dist")  # the heads a face backbone feeds, as MaskClassifier names them
 NOT_WEAR = 2  # no external face wears a mask: their mask state is known, but it is not what they are here to teach
 
 
@@ -88,7 +87,7 @@ def prepare_external(cfg: Config, run: Run) -> Path | None:
         return run.pretrained_face if pretrains else None
     start = time.perf_counter()
     rows, report, n_young = external_rows(cfg)
-    from mcls.data.leak_guard import save_report
+    from mcls.analysis.leak_report import save_report
 
     save_report(report, run.external_dir)
     log.info("external data %s: %s; %d faces under %d left out", cfg.external_data, report.line(), n_young,
@@ -143,7 +142,7 @@ def pretrain(cfg: Config, rows: pd.DataFrame, images: np.ndarray) -> dict:
     """Trains pretrain_config(cfg) on the external faces; returns {"weights": the face backbone's and face heads'
     state dicts (the EMA's when there is one), "record": what it trained on and how long it took}."""
     from mcls.runtime.device import Runtime, seed_everything
-    from mcls.train.fit import build, train_epoch
+    from mcls.train.steps import build, train_epoch
 
     pcfg = pretrain_config(cfg)
     rt = Runtime.from_config(pcfg)
@@ -155,34 +154,10 @@ def pretrain(cfg: Config, rows: pd.DataFrame, images: np.ndarray) -> dict:
         losses.append(round(stats["train_loss"], 4))
         log.info("pretraining epoch %d/%d on %d external faces: train loss %.3f, %.0f img/s", epoch + 1, pcfg.epochs,
                  len(rows), stats["train_loss"], stats["train_img_per_s"])
-    model = parts.scored
-    weights = {"backbone_name": pcfg.backbone, "backbone": _cpu(model.backbone.state_dict()),
-               "heads": {h: _cpu(model.heads[h].state_dict()) for h in FACE_HEADS if h in model.heads}}
+    weights = face_weights(parts.scored, pcfg.backbone)
     record = {"n_trained": len(rows), "epochs": pcfg.epochs, "train_loss": losses,
               "pretrain_seconds": time.perf_counter() - start, "ages": band_counts(rows, pcfg)}
     return {"weights": weights, "record": record}
-
-
-def load_face_weights(model, path) -> None:
-    """Starts `model`'s gender and age tasks from a pretrained face backbone file: every backbone that feeds a face
-    head takes its weights, and each face head the file holds; the mask task (head and own backbone) is left alone.
-    Raises one sentence naming the file when its backbone is another architecture."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    face_heads = [h for h in FACE_HEADS if h in model.heads]
-    backbones = {id(model.backbone_for(h)): model.backbone_for(h) for h in face_heads or ["class"]}
-    try:
-        for net in backbones.values():
-            net.load_state_dict(saved["backbone"])
-        for h in face_heads:
-            if h in saved["heads"]:
-                model.heads[h].load_state_dict(saved["heads"][h])
-    except RuntimeError as err:
-        raise ValueError(f"{path}: a pretrained {saved['backbone_name']} backbone does not fit this model "
-                         f"({str(err).splitlines()[0]}); delete it to pretrain again") from None
-
-
-def _cpu(state: dict) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
 def external_lines(run: Run) -> list[str]:
