@@ -8,7 +8,12 @@ export MPLBACKEND := Agg
 
 PARAMS ?= notebooks/params/sample.yaml
 
-.PHONY: setup demo test pipeline gpu-check
+# The inner loop: the tests that train nothing (config, labels, folds, losses, metrics and their intervals, the
+# documented commands, the import contracts); `make test` runs everything.
+FAST_TESTS := tests/test_labels.py tests/test_config.py tests/test_folds.py tests/test_losses.py tests/test_ema.py \
+              tests/test_image_cache.py tests/test_compare.py tests/test_architecture.py tests/test_documented_commands.py
+
+.PHONY: setup demo test test-fast pipeline gpu-check
 
 setup: $(STAMP)
 
@@ -32,6 +37,9 @@ pipeline: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q $(FAST_TESTS)
 
 gpu-check: setup
 	$(PY) bench/gpu_check.py

@@ -155,3 +155,15 @@ def test_a_detector_failure_falls_back_and_is_not_cached(canvases, tmp_path, mon
     report = crop_paths([faceless[0], faceless[1]], settings)
     assert report["reason"].tolist() == ["detector failed", ""]
     assert len(list(tmp_path.rglob("*.json"))) == 1  # only the good detection is cached
+
+
+def test_a_bug_in_detection_is_not_hidden_as_a_fallback_crop(canvases, tmp_path, monkeypatch):
+    """Only the detector's own failures fall back; a programming error shows its traceback."""
+    paths, faceless, _ = canvases
+
+    def buggy(device, arrays):
+        raise TypeError("a bug, not an odd image")
+
+    monkeypatch.setattr(faces, "_detect_batch", buggy)
+    with pytest.raises(TypeError, match="a bug"):
+        crop_paths([faceless[0]], CropSettings(cache_dir=str(tmp_path), device="cpu"))

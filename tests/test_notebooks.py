@@ -81,8 +81,9 @@ def test_03_train(tmp_path):
     assert (tmp_path / "fold0" / "best.pt").is_file() and (tmp_path / "03_train" / "fold_scores.png").is_file()
     assert Config.from_yaml(tmp_path / "config.yaml").epochs == 2  # the notebook's parameters reached the package
     texts = assert_shows_what_it_saved(tmp_path, "03_train")
-    epoch_lines = re.findall(r"^fold 0 epoch (\d)/2: train loss [\d.]+, val loss [\d.]+, val F1 [\d.]+ "
-                             r"\(mask [\d.]+, gender [\d.]+, age [\d.]+\), \d+ img/s", "\n".join(texts), re.M)
+    epoch_lines = re.findall(r"^fold 0 epoch (\d)/2: train loss [\d.]+, val loss [\d.]+, val F1 [\d.]+ as served "
+                             r"\([\d.]+ per image: mask [\d.]+, gender [\d.]+, age [\d.]+\), \d+ img/s", "\n".join(texts),
+                             re.M)
     assert epoch_lines == ["1", "2"]  # one line per epoch, in the training cell's output
     # the external data's leak guard line, its pretraining and joint training, above its pairs and distances
     assert re.search(r"^external data data/external-sample: dropped \d+ of 24 external faces that match competition "

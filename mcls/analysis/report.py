@@ -61,6 +61,15 @@ class NotebookOutputs:
         that was kept, once (an open figure would be drawn again by the inline backend at the end of the cell)."""
         show_png(save(fig, self.dir / f"{name}.png"))
 
+    def forget(self, figure: str, *keys: str) -> None:
+        """Removes what an earlier execution saved for a section this one skips (its figure, its metrics keys), so
+        the folder holds this execution's evidence only."""
+        (self.dir / f"{figure}.png").unlink(missing_ok=True)
+        if keys and self.metrics_path.exists():
+            current = json.loads(self.metrics_path.read_text())
+            if any(k in current for k in keys):
+                write_json(self.metrics_path, {k: v for k, v in current.items() if k not in keys})
+
     def metrics(self, **values) -> None:
         """Merges `values` into metrics.json (written atomically); says where, not the whole dict again."""
         current = json.loads(self.metrics_path.read_text()) if self.metrics_path.exists() else {}

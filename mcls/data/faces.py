@@ -142,7 +142,9 @@ def _detect_chunk(device: str, chunk: list) -> list[list | None]:
     """Faces per image of the chunk; None for an image the detector failed on."""
     try:
         return _detect_batch(device, [c[2] for c in chunk])
-    except Exception as err:  # noqa: BLE001 - MTCNN fails on odd inputs: retry one by one, only the culprit falls back
+    # MTCNN fails on odd inputs with torch's RuntimeError (incl. out of memory) or, on empty proposals, ValueError and
+    # IndexError: retry one by one, only the culprit falls back. Anything else is a bug and shows its traceback.
+    except (RuntimeError, ValueError, IndexError) as err:
         if len(chunk) == 1:
             log.warning("face detection failed for an image (%s: %s); using the fallback crop",
                         type(err).__name__, err)
