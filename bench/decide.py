@@ -63,6 +63,8 @@ DECISIONS = [
              "this 18-class comparison on synthetic masks does not see"),
     Decision("seed-noise", "the default trained again with train_seed=7 (the same recipe: any difference is training "
              "noise)", "default", "default+train-seed7", SERVED, SERVED, "A"),
+    Decision("serving-seeds", "the default's serving judged over two seeds (their spread counted)",
+             "default,default+train-seed7", "default,default+train-seed7", AS_IS, SERVED, "A"),
     Decision("heads-seeds", "mask_apart with two seeds against multi with one", "multi-default",
              "default,default+train-seed7", SERVED, SERVED, "A"),
     Decision("average-serving", "the default's fold average (two seeds, no scored person trained either) served with "

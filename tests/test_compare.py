@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mcls import bootstrap
-from mcls.analysis.compare import CompareError, Side, compare
+from mcls.analysis.compare import CompareError, Side, compare, models
 from mcls.cli import main
 from mcls.config import Config
 from mcls.io import write_csv, write_text
@@ -214,3 +214,7 @@ def test_runs_joined_by_plus_are_averaged_into_one_model(tmp_path, folds):
     named = make_run(tmp_path / "default+external-1a2b", folds)  # a folder whose own name holds "+"
     assert compare(Side((a1,)), Side((named,)), n_resamples=100).per_fold["acc"][0] == pytest.approx(
         2 * PHOTOS / (PERSONS * PHOTOS))
+    both = compare(Side((a1,)), Side((Path(f"{a1}+{named}"),)), n_resamples=100)  # averaged with a "+" folder
+    assert [p.name for p in models(both.b.runs[0])] == ["a1", "default+external-1a2b"]
+    with pytest.raises(FileNotFoundError, match="missing\+one"):
+        compare(Side((a1,)), Side((Path(f"{a1}+{tmp_path}/missing+one"),)))

@@ -58,9 +58,21 @@ class Side:
 
 
 def models(spec) -> list[Path]:
-    """The run folders one model of a side averages: "a+b" is a and b, unless a folder is named so itself."""
+    """The run folders one model of a side averages: "a+b" is a and b, where a folder's own name may hold "+" too
+    (the longest run of pieces that names a folder is one run); what names none is kept whole, for its error."""
     spec = str(spec)
-    return [Path(spec)] if Path(spec).exists() or "+" not in spec else [Path(p) for p in spec.split("+")]
+    if Path(spec).exists() or "+" not in spec:
+        return [Path(spec)]
+    pieces, out, i = spec.split("+"), [], 0
+    while i < len(pieces):
+        for j in range(len(pieces), i, -1):
+            if Path("+".join(pieces[i:j])).exists():
+                out.append(Path("+".join(pieces[i:j])))
+                i = j
+                break
+        else:
+            return [*out, Path("+".join(pieces[i:]))]
+    return out
 
 
 def _aligned(a: OutOfFold, b: OutOfFold, k: int, name_a: str, name_b: str) -> np.ndarray:
