@@ -34,13 +34,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 from baseline_loader import BaselineDataset  # noqa: E402
 from common import write_result  # noqa: E402
 
-from mcls.config import Config, load_config, parse_overrides
+from mcls.config import Config, has_mask_backbone, load_config, parse_overrides
 from mcls.data.dataset import ImageArrayDataset, make_loader, targets_of
 from mcls.data.faces import CropSettings, crop_paths
 from mcls.data.cache import load_images
 from mcls.data.table import load_train_table
 from mcls.infer.predictor import predict_dataset
-from mcls.model.classifier import create_model, has_mask_backbone, model_from_config
+from mcls.model.classifier import create_model, model_from_config
 from mcls.runtime.device import Runtime
 from mcls.runtime.distributed import GlobalBatchSampler
 from mcls.train.augment import create_train_transform

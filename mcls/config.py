@@ -298,6 +298,7 @@ class Config:
 
 
 def has_mask_backbone(heads: str) -> bool:
+    """Whether the mask task has a backbone of its own under `heads` (its size, view and mixing are its own)."""
     return heads in MASK_BACKBONE_HEADS
 
 

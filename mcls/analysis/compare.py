@@ -11,6 +11,7 @@ predictions, served as the side asks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -45,16 +46,17 @@ class Side:
         runs = ", ".join(str(r) for r in self.runs)
         return f"{runs}{f' ({keys})' if keys else ''}" + (f" [{len(self.runs)} seeds]" if len(self.runs) > 1 else "")
 
+    @cached_property
     def servings(self) -> list[Serving]:
         return [Serving.resolve([Run.open(p) for p in models(r)], self.overrides) for r in self.runs]
 
     def served(self) -> list[dict[int, OutOfFold]]:
         """Each seed's {fold: out-of-fold rows and probabilities as this side serves them}."""
-        return [s.oof() for s in self.servings()]
+        return [s.oof() for s in self.servings]
 
     def how(self) -> str:
         """How the side is served, the run's own config and the keys given together (its first seed's)."""
-        return self.servings()[0].describe().splitlines()[-1]
+        return self.servings[0].describe().splitlines()[-1]
 
 
 def models(spec) -> list[Path]:
@@ -85,15 +87,15 @@ def _aligned(a: OutOfFold, b: OutOfFold, k: int, name_a: str, name_b: str) -> np
     return order.to_numpy(int)
 
 
-def strata(sides: list[Side]) -> tuple[list[int], list[Stratum], list[list[str]]]:
-    """(common folds, one Stratum per fold holding every seed of every side in that order, persons per fold)."""
+def strata(sides: list[Side]) -> tuple[list[int], list[Stratum]]:
+    """(common folds, one Stratum per fold holding every seed of every side in that order)."""
     served = [(side, i, oof) for side in sides for i, oof in enumerate(side.served())]
     folds = [set(oof) for _, _, oof in served]
     common = sorted(set.intersection(*folds))
     if not common:
         have = "; ".join(f"{side.runs[i]} has fold(s) {sorted(oof) or 'none'}" for side, i, oof in served)
         raise CompareError(f"the runs share no finished fold ({have}); train them on a common fold first")
-    out, persons = [], []
+    out = []
     for k in common:
         first = served[0][2][k]
         order = None
@@ -110,8 +112,7 @@ def strata(sides: list[Side]) -> tuple[list[int], list[Stratum], list[list[str]]
                                                         first.table["person"].to_numpy(), order)
             systems.append(counts)
         out.append(Stratum(tuple(systems)))
-        persons.append(list(order))
-    return common, out, persons
+    return common, out
 
 
 @dataclass
@@ -192,7 +193,7 @@ class Comparison:
 
 def compare(a: Side, b: Side, n_resamples: int = 2000, seed: int = 0) -> Comparison:
     """B against A on the folds both have; refuses (CompareError) where no fold is common or folds differ."""
-    folds, layers, persons = strata([a, b])
+    folds, layers = strata([a, b])
     ka = len(a.runs)
     resamples = bootstrap.resampled(layers, n_resamples, seed)
     per_system = [{m: np.array([bootstrap.scores(st.systems[s].sum(0))[m] for st in layers]) for m in METRICS}
@@ -209,20 +210,19 @@ def compare(a: Side, b: Side, n_resamples: int = 2000, seed: int = 0) -> Compari
         sb = side_mean([s[m] for s in per_system], "b")
         deltas = side_mean([r[m] for r in resamples], "b") - side_mean([r[m] for r in resamples], "a")
         delta = float(sb.mean() - sa.mean())
-        lo, hi = bootstrap.interval(deltas, LEVEL)
+        out["person_interval"][m] = lo, hi = bootstrap.interval(deltas, LEVEL)
         sd = _seed_sd([s[m].mean() for s in per_system[:ka]], [s[m].mean() for s in per_system[ka:]])
         if sd is not None:  # the seed term of a difference of two seed means, added in quadrature
             term = Z * sd * np.sqrt(1 / ka + 1 / len(b.runs))
             lo, hi = delta - np.hypot(delta - lo, term), delta + np.hypot(hi - delta, term)
         out["scores_a"][m], out["scores_b"][m], out["delta"][m] = float(sa.mean()), float(sb.mean()), delta
-        out["person_interval"][m] = bootstrap.interval(deltas, LEVEL)
         out["interval"][m] = (float(lo), float(hi))
         out["p_value"][m] = bootstrap.two_sided_p(deltas)
         out["per_fold"][m] = {k: float(d) for k, d in zip(folds, sb - sa)}
         out["seed_sd"][m] = sd
         if m == "f1":
             f1_deltas = deltas
-    return Comparison(a, b, folds, sum(len(p) for p in persons), n_resamples, seed, deltas_f1=f1_deltas, **out)
+    return Comparison(a, b, folds, sum(st.n_persons for st in layers), n_resamples, seed, deltas_f1=f1_deltas, **out)
 
 
 def _seed_sd(a: list[float], b: list[float]) -> float | None:
@@ -281,8 +281,9 @@ class BoardNoise:
 
     def lines(self, public: float | None = None, other: str | None = None) -> list[str]:
         lo, hi = self.interval
-        out = [f"a leaderboard of {self.n_persons} person{'s' * (self.n_persons != 1)} reads a model of out-of-fold macro F1 {self.cv:.3f} "
-               f"anywhere in [{lo:.3f}, {hi:.3f}] (95 %, person bootstrap of the run's validation persons)"]
+        persons = f"{self.n_persons} person{'s' * (self.n_persons != 1)}"
+        out = [f"a leaderboard of {persons} reads a model of out-of-fold macro F1 {self.cv:.3f} anywhere in "
+               f"[{lo:.3f}, {hi:.3f}] (95 %, person bootstrap of the run's validation persons)"]
         if public is not None and not lo <= public <= hi:
             out.append(f"the public score {public:.4f} lies outside it: the board's persons differ from the "
                        "validation's (data shift), or the submission is not the model the folds scored")
@@ -302,7 +303,7 @@ def board_noise(run: Side, n_persons: int, against: Side | None = None, n_resamp
     time."""
     if n_persons < 1:
         raise ValueError(f"a leaderboard of {n_persons} persons: give a positive number of persons")
-    _, layers, _ = strata([run] if against is None else [run, against])
+    _, layers = strata([run] if against is None else [run, against])
     pooled = Stratum(tuple(np.concatenate([st.systems[s] for st in layers])
                            for s in range(len(layers[0].systems))))
     k = len(run.runs)

@@ -76,10 +76,10 @@ def leak_check_config(args) -> Config:
 
 
 def check_scores(args) -> None:
-    for name in ("public", "private"):
-        value = getattr(args, name)
-        if value is not None and not 0 <= value <= 1:
-            raise ConfigError(f"{name} score {value} is not a macro F1 in 0..1")
+    """`mcls lb`'s numbers: the scores as records.check_scores reads them, and the board's size."""
+    from mcls.runs.records import check_scores as scores_in_range
+
+    scores_in_range(args.public, args.private)
     if args.persons is not None and args.persons < 1:
         raise ConfigError(f"--persons {args.persons}: a leaderboard scores at least 1 person")
 

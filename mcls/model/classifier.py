@@ -33,11 +33,6 @@ AGE_HEADS = ("band", "dist", "both")
 AGE_BINS = 100  # one bin per year of age 0..98, the last for 99 and over
 
 
-def has_mask_backbone(heads: str) -> bool:
-    """Whether the mask task has a backbone of its own under `heads` (its size, view and mixing are its own)."""
-    return heads in TASK_BACKBONES
-
-
 def unit_float(x: torch.Tensor) -> torch.Tensor:
     """Images as floats in [0, 1], the one scale the model, the mixers and the views share: uint8 is divided by
     255, floats are taken as already scaled."""

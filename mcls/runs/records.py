@@ -84,14 +84,19 @@ def record_leaderboard(run_dir: str | Path, public: float, private: float | None
     run = Run(run_dir)
     if not run.config_file.is_file():
         raise FileNotFoundError(f"{run.path}: not a run folder (no {run.config_file.name})")
-    for name, value in (("public", public), ("private", private)):
-        if value is not None and not 0 <= value <= 1:
-            raise ValueError(f"{name} score {value} is not a macro F1 in 0..1")
+    check_scores(public, private)
     sub = run.submission_file
     entry = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "public": public, "private": private, "note": note,
              "submission_sha1": hashlib.sha1(sub.read_bytes()).hexdigest()[:12] if sub.is_file() else None}
     write_json(run.leaderboard_file, {"scores": [*run.leaderboard, entry]})
     return entry
+
+
+def check_scores(public: float | None, private: float | None = None) -> None:
+    """Leaderboard scores are macro F1s in 0..1: one sentence otherwise."""
+    for name, value in (("public", public), ("private", private)):
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError(f"{name} score {value} is not a macro F1 in 0..1")
 
 
 def cv_score(summary: dict, cfg: Config) -> float | None:
