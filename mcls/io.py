@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import json
 import os
 import shutil
@@ -80,6 +81,11 @@ def write_json(path: str | Path, obj) -> None:
 def write_csv(path: str | Path, df: pd.DataFrame, keep_previous: bool = False, **kwargs) -> None:
     with atomic_path(path, keep_previous) as tmp:
         df.to_csv(tmp, index=False, **kwargs)
+
+
+def file_digest(path: str | Path) -> str:
+    """sha1 of the file's bytes: what content-keyed caches key on (a path or a modification time can lie)."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
 def save_npy(path: str | Path, arr) -> None:

@@ -149,3 +149,21 @@ def test_the_fusion_screen_scores_every_arm_on_a_trained_run(trained_run, tmp_pa
     assert torch.is_grad_enabled()  # the screen's no-grad stays inside it: later tests train in this process
     text = (tmp_path / "face_fusion.md").read_text()
     assert "bench/face_fusion.py --data" in text and "| fused" in text
+
+
+def test_descriptor_cache_misses_on_a_new_confidence_cut_and_never_keeps_a_centred_box(tmp_path, monkeypatch):
+    paths = sorted(SAMPLE.glob("train/images/*/normal.*"))[:2]
+    settings = CropSettings(cache_dir=str(tmp_path / "cache"))
+    embeddings.face_descriptors(paths, settings)
+    calls = []
+    real = embeddings.embed_array
+    monkeypatch.setattr(embeddings, "embed_array", lambda arr, box: calls.append(box) or real(arr, box))
+    embeddings.face_descriptors(paths, CropSettings(cache_dir=settings.cache_dir, min_confidence=0.95))
+    assert len(calls) == 2  # another cut may pick another box: both computed again
+    # a cut no face passes: every box is the centred stand-in, used but never written to the cache
+    calls.clear()
+    strict = CropSettings(cache_dir=settings.cache_dir, min_confidence=1.01)
+    before = sorted(p for p in (tmp_path / "cache").rglob("*.npy"))
+    embeddings.face_descriptors(paths, strict)
+    embeddings.face_descriptors(paths, strict)
+    assert len(calls) == 4 and sorted((tmp_path / "cache").rglob("*.npy")) == before

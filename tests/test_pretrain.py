@@ -127,3 +127,34 @@ def test_external_keys_act_only_with_external_data_and_bad_sets_stop_before_the_
     with pytest.raises(ConfigError, match=r"no face is aged 99 or over \(external_min_age\)"):
         check_references(_cfg(tmp_path, external_min_age=99))
     assert not (tmp_path / "run").exists()
+
+
+def test_the_pretraining_cache_key_covers_labels_and_starting_weights_and_a_weights_file_needs_its_record(tmp_path):
+    import pandas as pd
+
+    from mcls.data.faces import CropSettings
+    from mcls.train.pretrain import cache_entry, pretrain_key
+
+    cfg = _cfg(tmp_path)
+    rows = pd.DataFrame({"path": sorted(str(p) for p in EXTERNAL.glob("*.jpg"))[:4], "age": [30, 40, 50, 60],
+                         "gender": [0, 1, 0, 1]})
+    crop = CropSettings.from_config(cfg)
+    key = pretrain_key(cfg, rows, crop)
+    assert pretrain_key(cfg, rows.assign(age=[30, 40, 50, 61]), crop) != key
+    assert pretrain_key(cfg, rows.assign(gender=[1, 1, 0, 1]), crop) != key
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"one")
+    with_file = pretrain_key(cfg.updated({"pretrained": str(start)}), rows, crop)
+    start.write_bytes(b"two")  # same path, other content
+    assert pretrain_key(cfg.updated({"pretrained": str(start)}), rows, crop) != with_file != key
+
+    weights = tmp_path / "cache" / f"{key}.pt"
+    weights.parent.mkdir()
+    torch.save({"backbone": {}}, weights)
+    assert cache_entry(weights) is None  # written, then the process died before its record
+    from mcls.io import file_digest
+
+    weights.with_suffix(".json").write_text(json.dumps({"weights_sha1": file_digest(weights), "epochs": 1}))
+    assert cache_entry(weights)["epochs"] == 1
+    torch.save({"backbone": {"x": torch.zeros(1)}}, weights)  # replaced behind the record's back
+    assert cache_entry(weights) is None

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from mcls.data.faces import CropSettings, detect_faces, subject_face
+from mcls.data.faces import DETECTOR, CropSettings, detect_faces, subject_face
 from mcls.data.images import BadImageError, decode_image
-from mcls.io import save_npy
+from mcls.io import file_digest, save_npy
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,15 @@ def available() -> bool:
         return False
 
 
-def face_box(record: dict, min_confidence: float) -> tuple[float, float, float, float]:
-    """The subject's face box (the largest confident face), else the middle 60% of the photo: portraits are
-    centred, and dlib's landmarks still land on a face that MTCNN missed behind a mask."""
-    face = subject_face(record, min_confidence)
+def face_box(record: dict, min_confidence: float) -> tuple[tuple[float, float, float, float], bool]:
+    """(the subject's face box (the largest confident face), else the middle 60% of the photo; whether it was
+    detected). Portraits are centred, and dlib's landmarks still land on a face that MTCNN missed behind a mask."""
+    face = None if record.get("failed") else subject_face(record, min_confidence)
     if face is not None:
-        return tuple(face[:4])
+        return tuple(face[:4]), True
     h, w = record["size"]
     side = 0.6 * min(h, w)
-    return (w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2
+    return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2), False
 
 
 def embed_array(arr: np.ndarray, box) -> np.ndarray:
@@ -81,8 +82,11 @@ def embed_array(arr: np.ndarray, box) -> np.ndarray:
     return vec / max(float(np.linalg.norm(vec)), 1e-8)
 
 
-def _cache_file(cache_dir: str, digest: str) -> Path:
-    key = hashlib.sha1(repr(sorted(EMBEDDER.items())).encode()).hexdigest()[:10]
+def _cache_file(cache_dir: str, digest: str, min_confidence: float) -> Path:
+    """Keyed by the file's bytes and everything that picks its face box and embeds it: the embedder, the detector
+    and the confidence cut (a box found under another cut is another descriptor)."""
+    inputs = {"embedder": EMBEDDER, "detector": DETECTOR, "min_confidence": min_confidence}
+    key = hashlib.sha1(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:10]
     return Path(cache_dir) / f"dlib-{key}" / digest[:2] / f"{digest}.npy"
 
 
@@ -100,10 +104,10 @@ def face_descriptors(paths, settings: CropSettings = CropSettings(), cache_dir: 
     todo = []
     for i, path in enumerate(paths):
         try:
-            digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+            digest = file_digest(path)
         except OSError:
             continue
-        cached = _cache_file(cache_dir, digest) if cache_dir else None
+        cached = _cache_file(cache_dir, digest, settings.min_confidence) if cache_dir else None
         if cached is not None and cached.is_file():
             try:
                 out[i] = np.load(cached)
@@ -114,14 +118,19 @@ def face_descriptors(paths, settings: CropSettings = CropSettings(), cache_dir: 
     if not todo:
         return out
     records = detect_faces([paths[i] for i, _ in todo], settings)
+    n_centred = 0
     for (i, digest), record in zip(progress(todo, desc="face embeddings"), records):
         if "error" in record:
             continue
+        box, detected = face_box(record, settings.min_confidence)
         try:
-            out[i] = embed_array(decode_image(paths[i]), face_box(record, settings.min_confidence))
+            out[i] = embed_array(decode_image(paths[i]), box)
         except BadImageError:
             continue
-        if cache_dir:
-            save_npy(_cache_file(cache_dir, digest), out[i])
-    log.info("face descriptors: %d computed, %d from the cache", len(todo), len(paths) - len(todo))
+        # a centred box stands in for a face the detector missed: used now, never kept as if it had been found
+        n_centred += not detected
+        if cache_dir and detected:
+            save_npy(_cache_file(cache_dir, digest, settings.min_confidence), out[i])
+    log.info("face descriptors: %d computed (%d on a centred box: no face detected, not cached), %d from the cache",
+             len(todo), n_centred, len(paths) - len(todo))
     return out

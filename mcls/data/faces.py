@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from mcls.data.images import BadImageError, crop_array, decode_image, load_resized
-from mcls.io import write_text
+from mcls.io import file_digest, write_text
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def detect_faces(paths, settings: CropSettings = CropSettings()) -> list[dict]:
 
     for i, path in enumerate(progress(paths, desc="faces")):
         try:
-            digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+            digest = file_digest(path)
         except OSError as err:
             records[i] = {"error": f"{path}: cannot read ({type(err).__name__}: {err})"}
             continue

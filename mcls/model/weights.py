@@ -46,6 +46,22 @@ REGISTRY: dict[str, OfflineWeights] = {
 }
 
 
+def weights_identity(backbone: str, pretrained: str) -> str:
+    """What a model's starting weights are, for cache keys: a state_dict file by its content, packaged weights by
+    their file (named by digest), timm's by name and timm's version."""
+    if pretrained not in ("offline", "timm", "none"):
+        from mcls.io import file_digest
+
+        return f"file:{file_digest(pretrained)}"
+    if pretrained == "offline":
+        return f"offline:{REGISTRY[backbone].filename}" if backbone in REGISTRY else "none"
+    if pretrained == "timm":
+        import timm
+
+        return f"timm:{timm.__version__}:{backbone}"
+    return "none"
+
+
 def has_offline_weights(name: str) -> bool:
     return name in REGISTRY
 

@@ -1,7 +1,6 @@
 """Run folders and run records: what a run was made from, so runs on different code or data never get mixed up."""
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
@@ -12,7 +11,7 @@ import pandas as pd
 
 from mcls import __version__
 from mcls.config import Config
-from mcls.io import write_json, write_text
+from mcls.io import file_digest, write_json, write_text
 from mcls.runs.layout import Run, read_json
 
 
@@ -87,7 +86,7 @@ def record_leaderboard(run_dir: str | Path, public: float, private: float | None
     check_scores(public, private)
     sub = run.submission_file
     entry = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "public": public, "private": private, "note": note,
-             "submission_sha1": hashlib.sha1(sub.read_bytes()).hexdigest()[:12] if sub.is_file() else None}
+             "submission_sha1": file_digest(sub)[:12] if sub.is_file() else None}
     write_json(run.leaderboard_file, {"scores": [*run.leaderboard, entry]})
     return entry
 

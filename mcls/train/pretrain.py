@@ -28,7 +28,7 @@ import pandas as pd
 from mcls.config import JOINS, PRETRAINS, Config
 from mcls.data.cache import cache_key, cached_images
 from mcls.data.faces import CropSettings
-from mcls.io import atomic_path, save_torch, write_json
+from mcls.io import atomic_path, file_digest, save_torch, write_json
 from mcls.labels import age_band_names
 from mcls.model.checkpoint import face_weights
 from mcls.runs.layout import Run
@@ -40,7 +40,7 @@ PRETRAIN_KEYS = ("backbone", "pretrained", "img_size", "drop_rate", "age_head", 
                  "train_old_age", "loss", "loss_weights", "label_smoothing", "focal_gamma", "batch_size", "lr",
                  "weight_decay", "warmup_epochs", "augment", "sampler", "ema_decay", "external_epochs", "seed",
                  "train_seed")
-VERSION = 1
+VERSION = 2
 NOT_WEAR = 2  # no external face wears a mask: their mask state is known, but it is not what they are here to teach
 
 
@@ -107,11 +107,12 @@ def pretrained(cfg: Config, run: Run, rows: pd.DataFrame) -> dict:
     """Puts the face backbone pretrained on `rows` at run.pretrained_face (from the cache when it holds one for
     these inputs); returns the pretraining's record."""
     crop = CropSettings.from_config(cfg)
-    key = pretrain_key(cfg, rows["path"], crop)
+    key = pretrain_key(cfg, rows, crop)
     cached = Path(cfg.pretrain_cache) / f"{key}.pt" if cfg.pretrain_cache else None
     record = {"key": key}
-    if cached is not None and cached.is_file():
-        record.update(json.loads(cached.with_suffix(".json").read_text()), from_cache=str(cached))
+    entry = cache_entry(cached) if cached is not None else None
+    if entry is not None:
+        record.update(entry, from_cache=str(cached))
         log.info("pretrained face backbone from the cache: %s", cached)
     else:
         images, bad = cached_images(rows["path"], cfg.img_size, "skip", crop, cfg.image_cache)
@@ -119,8 +120,8 @@ def pretrained(cfg: Config, run: Run, rows: pd.DataFrame) -> dict:
         trained = pretrain(cfg, rows.iloc[keep].reset_index(drop=True), np.asarray(images)[keep] if bad else images)
         record.update(trained["record"], n_unreadable=len(bad))
         save_torch(cached or run.pretrained_face, trained["weights"])
-        if cached is not None:
-            write_json(cached.with_suffix(".json"), trained["record"])
+        if cached is not None:  # the record last, naming the weights it describes: see cache_entry
+            write_json(cached.with_suffix(".json"), {**record, "weights_sha1": file_digest(cached)})
     if cached is not None:
         with atomic_path(run.pretrained_face) as tmp:
             shutil.copyfile(cached, tmp)
@@ -132,8 +133,31 @@ def band_counts(rows: pd.DataFrame, cfg: Config) -> dict:
                                             np.bincount(rows["age_band"], minlength=3))}
 
 
-def pretrain_key(cfg: Config, paths, crop) -> str:
-    blob = {"v": VERSION, "files": cache_key(paths, cfg.img_size, crop),
+def cache_entry(weights: Path) -> dict | None:
+    """The cached pretraining's record, or None (train again) unless both files are there and the record names
+    these very weights: a crash between the two writes, or a file copied over by hand, is never served."""
+    meta = weights.with_suffix(".json")
+    if not (weights.is_file() and meta.is_file()):
+        return None
+    try:
+        record = json.loads(meta.read_text())
+        if record.get("weights_sha1") == file_digest(weights):
+            return record
+    except (OSError, ValueError):
+        pass
+    log.warning("pretraining cache %s does not match its record; pretraining again", weights)
+    return None
+
+
+def pretrain_key(cfg: Config, rows: pd.DataFrame, crop) -> str:
+    """Every input of the pretrained weights: the photos (and their crop), the labels they train, the starting
+    weights' content and the keys in PRETRAIN_KEYS."""
+    from mcls.model.weights import weights_identity
+
+    labels = rows[["path", "age", "gender"]].astype(str).agg("|".join, axis=1)
+    blob = {"v": VERSION, "files": cache_key(rows["path"], cfg.img_size, crop),
+            "labels": hashlib.sha1("\n".join(labels).encode()).hexdigest(),
+            "start": weights_identity(cfg.backbone, cfg.pretrained),
             **{k: getattr(cfg, k) for k in PRETRAIN_KEYS}}
     return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
