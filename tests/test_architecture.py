@@ -37,3 +37,10 @@ def test_the_serving_keys_are_the_ones_serving_reads():
 
     assert SERVING_KEYS == serving_keys() == ("tta", "person_consistent", "group_threshold", "face_weight",
                                                "calibrate_age")
+
+
+def test_every_module_is_at_most_400_lines():
+    # past that a module holds two responsibilities; split where they part (docs/architecture.md)
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "mcls").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long

@@ -13,11 +13,11 @@ from mcls.analysis.cam import (
     central_box,
     energy_share,
     get_method,
-    inspect_run,
     lower_half,
     overlay,
     regions,
 )
+from mcls.analysis.cam_inspect import inspect_run
 from mcls.model.classifier import MaskClassifier
 
 
@@ -127,7 +127,7 @@ def test_cli_cam_adds_its_method_to_the_energy_file(trained_run, sample_dir, cap
 def test_mistakes_come_most_confident_first_and_are_counted_per_class():
     import pandas as pd
 
-    from mcls.analysis.cam import _plan_grids, head_class_names, mistakes_by_class
+    from mcls.analysis.cam_inspect import _plan_grids, head_class_names, mistakes_by_class
 
     table = pd.DataFrame({"person": ["a", "b", "c", "d"], "path": [f"p/{k}.jpg" for k in "abcd"],
                           "mask_true": 0, "mask_pred": 0, "mask_conf": 0.9, "age_true": 1, "age_pred": 1,

@@ -69,7 +69,7 @@ def test_presets_load_by_name_and_unknown_names_list_them():
 
 
 def test_notebook_config_takes_unset_parameters_from_the_file(tmp_path, capsys):
-    from mcls.config import notebook_config
+    from mcls.notebook import notebook_config
 
     # the large preset sets img_size and epochs: a notebook leaving them at None must not undo them
     cfg = notebook_config("large", dict(img_size=None, epochs=3, lr=None, run_dir="runs/x"))
@@ -82,7 +82,7 @@ def test_notebook_config_takes_unset_parameters_from_the_file(tmp_path, capsys):
 
 
 def test_notebooks_meet_in_one_run_folder_unless_told_otherwise(tmp_path, capsys):
-    from mcls.config import NOTEBOOK_RUN_DIR, notebook_config
+    from mcls.notebook import NOTEBOOK_RUN_DIR, notebook_config
 
     assert notebook_config("", dict(run_dir=None)).run_dir == NOTEBOOK_RUN_DIR
     assert "(default)" in capsys.readouterr().out

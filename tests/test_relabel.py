@@ -8,16 +8,8 @@ import pandas as pd
 import pytest
 from conftest import ROOT, SAMPLE
 
-from mcls.analysis.relabel import (
-    PROB_COLUMNS,
-    apply_decisions,
-    decide,
-    find_suspects,
-    load_oof,
-    person_strip,
-    record_decision,
-    run_finder,
-)
+from mcls.analysis.relabel import PROB_COLUMNS, find_suspects, load_oof, person_strip, run_finder
+from mcls.analysis.relabel_decisions import apply_decisions, decide, record_decision
 from mcls.config import Config
 from mcls.data.table import DataError, load_train_table
 from mcls.labels import encode

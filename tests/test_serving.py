@@ -56,7 +56,7 @@ def test_a_fold_keeps_both_views_and_serves_each_policy_from_them(no_tta_run):
 def test_the_tta_key_and_the_tta_switch_give_the_same_file(no_tta_run, tmp_path):
     folder = SAMPLE / "eval" / "images"
     by_key, by_switch, on = (tmp_path / f"{n}.csv" for n in ("key", "switch", "on"))
-    for args, out in (([f"tta=true", "person_consistent=false"], by_key), (["--tta", "on", "--persons", "off"], by_switch),
+    for args, out in ((["tta=true", "person_consistent=false"], by_key), (["--tta", "on", "--persons", "off"], by_switch),
                       (["tta=false", "person_consistent=false"], on)):
         r = mcls("predict", "--run", no_tta_run, "--folder", folder, "--out", out, *args)
         assert r.returncode == 0, r.stderr

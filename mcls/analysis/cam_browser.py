@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mcls.analysis.cam import METHODS, _load_as_trained, cam_maps, head_class_names, overlay, validation_table
+from mcls.analysis.cam import METHODS, cam_maps, overlay
+from mcls.analysis.cam_inspect import _load_as_trained, head_class_names, validation_table
 from mcls.analysis.plots import image_grid
 from mcls.model.checkpoint import load_checkpoint
 from mcls.runs.layout import Run

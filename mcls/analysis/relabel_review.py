@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from mcls.analysis.plots import image_grid
-from mcls.analysis.relabel import decide, person_strip
+from mcls.analysis.relabel import person_strip
+from mcls.analysis.relabel_decisions import decide
 from mcls.data.images import load_resized
 
 

@@ -84,7 +84,8 @@ def cmd_relabel(args) -> None:
     """Writes the suspect queue (and the OOF probabilities behind it), or appends reviewed decisions."""
     import pandas as pd
 
-    from mcls.analysis.relabel import apply_decisions, run_finder
+    from mcls.analysis.relabel import run_finder
+    from mcls.analysis.relabel_decisions import apply_decisions
 
     cfg = config_of(args)
     if args.apply:
@@ -108,7 +109,7 @@ def cmd_relabel(args) -> None:
 
 def cmd_cam(args) -> None:
     """CAM grids (PNG) and face-energy figures (cam_energy.json) for a trained run, written into the run folder."""
-    from mcls.analysis.cam import inspect_run
+    from mcls.analysis.cam_inspect import inspect_run
 
     cfg = config_of(args)
     # data_dir only re-roots image paths when given: by default the run's own val_predictions paths are used
