@@ -11,13 +11,15 @@ from typing import Any
 
 import yaml
 
+from mcls.errors import UserError
+
 PRESETS = Path(__file__).parent / "presets"
 # How external face-age photos train (external_training); mcls.train.run.fit_fold acts on each.
 EXTERNAL_TRAINING = ("pretrain", "joint", "both")
 PRETRAINS, JOINS = ("pretrain", "both"), ("joint", "both")  # the choices that pretrain, and that join the batches
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """Raised with every problem found in a config, not only the first."""
 
 

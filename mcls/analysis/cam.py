@@ -26,6 +26,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from mcls.errors import UserError
 from mcls.labels import HEAD_SIZES, HEADS, NUM_CLASSES
 from mcls.model.classifier import class_log_probs, unit_float
 
@@ -49,7 +50,7 @@ def get_method(name: str):
     try:
         return METHODS[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown CAM method {name!r}; valid: {', '.join(METHODS)}") from None
+        raise UserError(f"unknown CAM method {name!r}; valid: {', '.join(METHODS)}") from None
 
 
 # ------------------------------------------------------------------------------------------------- model side
@@ -73,7 +74,7 @@ def find_target_layer(backbone: nn.Module, input_size=(224, 224)) -> tuple[nn.Mo
             h.remove()
     producers = [m for m, o in seen if o is feats]
     if not producers:
-        raise ValueError(f"{type(backbone).__name__}: no module outputs the final feature map; pass target_layer=")
+        raise UserError(f"{type(backbone).__name__}: no module outputs the final feature map; pass target_layer=")
     if feats.ndim == 3:
         return producers[-1], "tokens"
     return producers[-1], _layout(backbone)

@@ -12,6 +12,7 @@ import torch
 
 from mcls.analysis.cam import cam_maps, energy_share, get_method, iter_cam_maps, overlay, regions
 from mcls.analysis.plots import image_grid
+from mcls.errors import UserError
 from mcls.io import write_json
 from mcls.labels import GENDERS, HEADS, MASK_STATES, age_band_names, decode
 from mcls.model.classifier import head_probs
@@ -92,7 +93,7 @@ def _plan_grids(table: pd.DataFrame, names: dict, n: int, per_class: int, person
     if person is None:
         person = rng.choice(counts.index[counts == counts.max()])
     elif str(person) not in counts.index:
-        raise ValueError(f"person {person!r} is not in this run's validation folds, e.g. {list(counts.index[:5])}")
+        raise UserError(f"person {person!r} is not in this run's validation folds, e.g. {list(counts.index[:5])}")
     rows = sorted(table.index[table["person"] == str(person)], key=lambda i: Path(table.at[i, "path"]).name)
     cells = [(i, head, table.at[i, f"{head}_pred"], f"{Path(table.at[i, 'path']).stem}: {head} {pred(i, head)}")
              for head in HEADS for i in rows]

@@ -19,6 +19,7 @@ import pandas as pd
 
 from mcls import bootstrap
 from mcls.bootstrap import METRICS, Stratum
+from mcls.errors import UserError
 from mcls.infer.serving import OutOfFold, Serving
 from mcls.io import write_json
 from mcls.runs.layout import Run
@@ -29,7 +30,7 @@ NAMES = {"f1": "macro F1 (18 classes)", "acc": "accuracy (18 classes)", "acc_mas
          "acc_gender": "gender accuracy", "acc_age": "age-band accuracy", "f1_old": "F1 of the >=60 band"}
 
 
-class CompareError(ValueError):
+class CompareError(UserError):
     """Two sides that cannot be compared: no common fold, or folds that hold other persons."""
 
 
@@ -302,7 +303,7 @@ def board_noise(run: Side, n_persons: int, against: Side | None = None, n_resamp
     same board), from the same bootstrap: the run's out-of-fold persons, pooled over folds, drawn n_persons at a
     time."""
     if n_persons < 1:
-        raise ValueError(f"a leaderboard of {n_persons} persons: give a positive number of persons")
+        raise UserError(f"a leaderboard of {n_persons} persons: give a positive number of persons")
     _, layers = strata([run] if against is None else [run, against])
     pooled = Stratum(tuple(np.concatenate([st.systems[s] for st in layers])
                            for s in range(len(layers[0].systems))))

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mcls.data.table import read_relabels
+from mcls.errors import UserError
 from mcls.labels import (
     FILE_MASK,
     GENDERS,
@@ -53,7 +54,7 @@ def load_oof(source: str | Path, table: pd.DataFrame) -> np.ndarray:
         probs = probs.astype(float)
     key = pred["path"].map(lambda p: str(Path(p).resolve()))
     if key.duplicated().any():
-        raise ValueError(f"{source}: some images were scored more than once; not out-of-fold predictions")
+        raise UserError(f"{source}: some images were scored more than once; not out-of-fold predictions")
     row = dict(zip(key, range(len(pred))))
     out = np.full((len(table), NUM_CLASSES), np.nan)
     for i, p in enumerate(table["path"]):
@@ -84,7 +85,7 @@ def probe_oof(table: pd.DataFrame, n_folds: int = 5, seed: int = 42, backbone: s
     from mcls.data.faces import CropSettings
 
     if features not in PROBE_FEATURES:
-        raise ValueError(f"probe features {features!r}: valid are {PROBE_FEATURES}")
+        raise UserError(f"probe features {features!r}: valid are {PROBE_FEATURES}")
     if features == "auto":
         features = "face" if embeddings.available() else "imagenet"
     start = time.perf_counter()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from mcls.data.table import DataError, decision_value
+from mcls.errors import UserError
 from mcls.io import atomic_path
 
 RELABEL_COLUMNS = ["id", "field", "old", "new", "reason", "time"]
@@ -84,9 +85,9 @@ def decide(path: str | Path, row, action: str, value=None, reviewer_note: str = 
     (new = value). This is what the notebook's keep / accept / set buttons call; returns the row written."""
     row = dict(row._asdict() if hasattr(row, "_asdict") else row)
     if action not in ("keep", "accept", "set"):
-        raise ValueError(f"action {action!r} is not one of keep, accept, set")
+        raise UserError(f"action {action!r} is not one of keep, accept, set")
     if action == "set" and value is None:
-        raise ValueError("action 'set' needs a value")
+        raise UserError("action 'set' needs a value")
     new = {"keep": row["given"], "accept": row["suggested"], "set": value}[action]
     reason = f"{action}: {row.get('reason', '')}" + (f" ({reviewer_note})" if reviewer_note else "")
     return record_decision(path, row["person"], row["field"], row["given"], new, reason)
@@ -110,7 +111,7 @@ def apply_decisions(decisions: str | Path | pd.DataFrame, relabel_path: str | Pa
         new = {"keep": r["given"], "accept": r.get("suggested", ""), "set": value}.get(action, "?")
         try:
             if action not in ("keep", "accept", "set") or new is None:
-                raise ValueError(f"decision {action!r} needs to be keep, accept, or set with a value")
+                raise UserError(f"decision {action!r} needs to be keep, accept, or set with a value")
             todo.append({"id": r["person"], "field": r["field"], "old": r["given"],
                          "new": decision_value(r["field"], new),
                          "reason": f"{action}: {r.get('reason', '')}".strip()})

@@ -14,6 +14,7 @@ import sys
 
 from mcls.cli.keys import validate
 from mcls.cli.parser import build_parser
+from mcls.errors import UserError
 
 
 def describe_os_error(err: OSError) -> str:
@@ -51,7 +52,8 @@ def main(argv=None) -> int:
             print(f"mcls {args.command}: the keys and values are valid (--check: nothing was run)")
             return 0
         args.fn(args)
-    except (ValueError, OSError) as err:  # ConfigError, DataError, CheckpointError, OutputError and the OS's own
+    # the kit's worded errors and the OS's own (a missing file, a full disk); anything else is a bug: its traceback
+    except (UserError, OSError) as err:
         if args.debug or os.environ.get("MCLS_DEBUG"):
             raise
         message = describe_os_error(err) if isinstance(err, OSError) and type(err).__module__ == "builtins" \

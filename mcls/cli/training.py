@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mcls.cli.keys import config_of, given_keys, prediction_keys
 from mcls.config import ConfigError, load_config
+from mcls.errors import UserError
 
 
 def cmd_train(args) -> None:
@@ -78,7 +79,7 @@ def cmd_pipeline(args) -> None:
     notebooks = args.only.split(",") if args.only else NOTEBOOKS
     unknown = sorted(set(notebooks) - set(NOTEBOOKS))
     if unknown:
-        raise ValueError(f"unknown notebook(s) {unknown}; valid: {list(NOTEBOOKS)}")
+        raise UserError(f"unknown notebook(s) {unknown}; valid: {list(NOTEBOOKS)}")
     run_dir = Run(pipeline_settings(values)["run_dir"])
     try:
         run_pipeline(values, notebooks)

@@ -8,6 +8,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mcls.data.table import as_given
+from mcls.errors import UserError
 
 
 def assign_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.Series:
@@ -15,8 +16,8 @@ def assign_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.Se
     relabel decisions never move a person to another fold, so runs with and without them split alike."""
     persons = as_given(table.drop_duplicates("person"))
     if n_folds > len(persons):
-        raise ValueError(f"n_folds={n_folds} is more than the {len(persons)} persons in the data: each fold needs "
-                         "its own persons; use fewer folds (5 is usual)")
+        raise UserError(f"n_folds={n_folds} is more than the {len(persons)} persons in the data: each fold needs "
+                        "its own persons; use fewer folds (5 is usual)")
     cell = persons["gender"] * 3 + persons["age_band"]
     small = cell.value_counts()
     small = small[small < n_folds]

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mcls.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class BadImageError(ValueError):
+class BadImageError(UserError):
     """An image that cannot be decoded; names every such file."""
 
 

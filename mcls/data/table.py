@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mcls.errors import UserError
 from mcls.labels import FILE_MASK, GENDERS, IMAGE_EXTENSIONS, age_band, encode
 
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
@@ -15,7 +16,7 @@ RELABEL_FIELDS = ("gender", "age", "swap_normal_incorrect")
 MIN_AGE, MAX_AGE = 0, 120
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data; the message names the file and lists every problem found."""
 
     def __init__(self, where: str | Path, problems: list[str]):
@@ -208,21 +209,21 @@ def decision_value(field: str, value, allow_empty: bool = False) -> str:
     decisions: applied when a decision is written and again when the file is read, so a hand-edited file cannot
     carry what the kit would refuse to write."""
     if field not in RELABEL_FIELDS:
-        raise ValueError(f"field {field!r} is not one of {RELABEL_FIELDS}")
+        raise UserError(f"field {field!r} is not one of {RELABEL_FIELDS}")
     v = "" if value is None or (isinstance(value, float) and value != value) else str(value).strip().lower()
     if allow_empty and v == "":
         return v
     if field == "gender" and v not in GENDERS:
-        raise ValueError(f"gender {value!r} is not one of {GENDERS}")
+        raise UserError(f"gender {value!r} is not one of {GENDERS}")
     if field == "swap_normal_incorrect" and v not in ("true", "false"):
-        raise ValueError(f"swap_normal_incorrect must be true or false, got {value!r}")
+        raise UserError(f"swap_normal_incorrect must be true or false, got {value!r}")
     if field == "age":
         try:
             age = float(v)
         except ValueError:
-            raise ValueError(f"age {value!r} is not a number") from None
+            raise UserError(f"age {value!r} is not a number") from None
         if not 0 <= age <= 120 or age != int(age):
-            raise ValueError(f"age {value!r} is not a whole number of years in 0..120")
+            raise UserError(f"age {value!r} is not a whole number of years in 0..120")
         v = str(int(age))
     return v
 

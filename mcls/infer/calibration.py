@@ -12,6 +12,7 @@ import itertools
 
 import numpy as np
 
+from mcls.errors import UserError
 from mcls.io import write_json
 from mcls.labels import NUM_CLASSES
 from mcls.metrics import macro_f1, score
@@ -46,7 +47,7 @@ def fit_age_bias(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
 
     Needs two folds or more: with one there is nothing to fit on that the score is not also measured on."""
     if len(folds) < 2:
-        raise ValueError(f"age calibration needs out-of-fold predictions of 2 or more folds, got {len(folds)}")
+        raise UserError(f"age calibration needs out-of-fold predictions of 2 or more folds, got {len(folds)}")
     grid, table = _grid_scores(folds)
     best = int(np.argmax(table.mean(1)))
     nested = []

@@ -10,6 +10,7 @@ from mcls.config import Config
 from mcls.data.cache import cached_images
 from mcls.data.dataset import ImageArrayDataset, make_loader
 from mcls.data.faces import CropSettings
+from mcls.errors import UserError
 from mcls.infer.serving import Serving
 from mcls.model.checkpoint import load_checkpoint
 from mcls.model.classifier import class_log_probs
@@ -71,7 +72,7 @@ def load_ensemble(checkpoints, device) -> tuple[list, Config]:
     models, cfgs = zip(*(load_checkpoint(p, device) for p in checkpoints))
     sizes = {c.img_size for c in cfgs}
     if len(sizes) > 1:
-        raise ValueError(f"checkpoints disagree on img_size {sorted(sizes)}; ensemble models of one size")
+        raise UserError(f"checkpoints disagree on img_size {sorted(sizes)}; ensemble models of one size")
     return list(models), cfgs[0]
 
 

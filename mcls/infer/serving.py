@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from mcls.config import Config, ConfigError, serving_keys
+from mcls.errors import UserError
 from mcls.infer.calibration import apply_age_bias
 from mcls.infer.face_expert import blend, descriptor_settings, mean_expert_probs
 from mcls.infer.persons import face_embeddings, group_images, share_within_groups
@@ -60,10 +61,10 @@ class Serving:
         named = [run] if isinstance(run, (str, Path, Run)) else list(run)
         paths = [r.path if isinstance(r, Run) else Path(r) for r in named]
         if not paths:
-            raise ValueError("no run given")
+            raise UserError("no run given")
         checkpoint = paths[0] if paths[0].is_file() else None
         if checkpoint is not None and len(paths) > 1:
-            raise ValueError(f"{checkpoint}: a single checkpoint is served alone, not with other runs")
+            raise UserError(f"{checkpoint}: a single checkpoint is served alone, not with other runs")
         runs = [Run.of_checkpoint(checkpoint)] if checkpoint else [Run(p) for p in paths]
         # a folder of fold checkpoints without config.yaml (copied models) is served by its first model's config
         cfg = runs[0].config if runs[0].config_file.is_file() else \
@@ -72,8 +73,8 @@ class Serving:
         bias = None
         if len(runs) > 1:
             if given.get("calibrate_age"):
-                raise ValueError("calibration.json is fitted for one run's predictions; predict an ensemble of runs "
-                                 "with calibration off")
+                raise UserError("calibration.json is fitted for one run's predictions; predict an ensemble of runs "
+                                "with calibration off")
         elif cfg.calibrate_age:
             bias = age_bias_of(runs[0], cfg.person_consistent)
         averaged = runs if checkpoint or not members else list(dict.fromkeys(r for run in runs
@@ -169,13 +170,13 @@ class Serving:
                 other, p = run.fold(k).oof(self.tta)
                 order = pd.Series(np.arange(len(other)), index=other["path"]).reindex(table["path"])
                 if order.isna().any():
-                    raise ValueError(f"{run.fold(k).predictions}: validation images differ from "
-                                     f"{self.runs[0].fold(k).predictions}; members must share data and folds")
+                    raise UserError(f"{run.fold(k).predictions}: validation images differ from "
+                                    f"{self.runs[0].fold(k).predictions}; members must share data and folds")
                 probs.append(p[order.to_numpy(int)])
             mean = self.with_face(np.mean(probs, axis=0), table["path"], [k])
             if self.person_consistent and "group" not in table:
-                raise ValueError(f"{self.runs[0].fold(k).predictions}: no 'group' column (written before person "
-                                 "groups were saved); re-run the fold, or serve with person_consistent=false")
+                raise UserError(f"{self.runs[0].fold(k).predictions}: no 'group' column (written before person "
+                                "groups were saved); re-run the fold, or serve with person_consistent=false")
             out[k] = OutOfFold(table, self.finish(mean, table["group"].to_numpy() if self.person_consistent else None))
         return out
 
@@ -195,7 +196,7 @@ def age_bias_of(run: Run, persons: bool | None = None) -> np.ndarray | None:
     try:
         bias = np.asarray(record["age_log_bias"], dtype=np.float64)
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{run.calibration_file}: not a calibration record ({err})") from None
+        raise UserError(f"{run.calibration_file}: not a calibration record ({err})") from None
     fitted = record.get("person_consistent")
     if persons is not None and fitted is not None and fitted != persons:
         warnings.warn(f"{run.calibration_file}: the age bias was fitted with person_consistent={fitted} and is "

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from mcls.data.table import list_images, load_eval_table
+from mcls.errors import UserError
 from mcls.infer.predictor import predict_paths
 from mcls.infer.serving import Serving
 from mcls.io import writable_output, write_csv
@@ -21,7 +22,7 @@ from mcls.labels import (
 from mcls.runs.tracking import log_submission
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError):
     pass
 
 
@@ -84,7 +85,7 @@ def write_submission(data_dir: str | Path, run, out: str | Path | None = None, d
     writes `ImageID,ans` in info.csv's exact order, into <run>/submission.csv unless `out` is given."""
     serving = served(run, overrides)
     if out is None and serving.several_runs:
-        raise ValueError("an ensemble of runs needs an output path (--out): no single run folder owns it")
+        raise UserError("an ensemble of runs needs an output path (--out): no single run folder owns it")
     out = writable_output(out if out else serving.runs[0].submission_file, "submission")
     info = load_eval_table(data_dir)
     probs = predict_paths(info["path"], serving, device)[0]

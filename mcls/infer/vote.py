@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mcls.errors import UserError
 from mcls.infer.submission import class_problems, order_problems
 from mcls.labels import NUM_CLASSES, PROB_COLUMNS, decode
 from mcls.runs.layout import Run
@@ -14,7 +15,7 @@ from mcls.runs.layout import Run
 HEADS = ("mask", "gender", "age")
 
 
-class VoteError(ValueError):
+class VoteError(UserError):
     """An input file that cannot be voted with; the message names it and lists what is wrong."""
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 import torch
 
 from mcls.config import Config
+from mcls.errors import UserError
 from mcls.io import save_torch
 from mcls.model.classifier import MaskClassifier, model_from_config
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
 
 
@@ -93,8 +94,8 @@ def load_face_weights(model, path) -> None:
             if h in saved["heads"]:
                 model.heads[h].load_state_dict(saved["heads"][h])
     except RuntimeError as err:
-        raise ValueError(f"{path}: a pretrained {saved['backbone_name']} backbone does not fit this model "
-                         f"({str(err).splitlines()[0]}); delete it to pretrain again") from None
+        raise UserError(f"{path}: a pretrained {saved['backbone_name']} backbone does not fit this model "
+                        f"({str(err).splitlines()[0]}); delete it to pretrain again") from None
 
 
 def _cpu(state: dict) -> dict:

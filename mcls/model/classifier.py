@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcls.errors import UserError
 from mcls.labels import HEAD_SIZES, NUM_CLASSES, age_band, decode
 from mcls.model.weights import (
     REGISTRY,
@@ -165,7 +166,7 @@ def _timm_backbone(backbone: str, pretrained: str) -> tuple[nn.Module, tuple, tu
     """A pooled-feature timm network with `pretrained` weights and the input mean/std those weights expect."""
     if backbone not in timm.list_models():
         close = timm.list_models(f"*{backbone[:6]}*")[:10]
-        raise ValueError(f"unknown backbone {backbone!r}; similar timm names: {close}")
+        raise UserError(f"unknown backbone {backbone!r}; similar timm names: {close}")
     mode = pretrained
     if mode == "offline" and not has_offline_weights(backbone):
         warn_no_offline_weights(backbone)
@@ -184,7 +185,7 @@ def _timm_backbone(backbone: str, pretrained: str) -> tuple[nn.Module, tuple, tu
         except RuntimeError as err:  # shape mismatches raise even with strict=False
             missing, unexpected = [str(err).splitlines()[1].strip()], []
         if missing:
-            raise ValueError(f"{mode}: weights do not fit backbone {backbone!r}: {missing[:3]}")
+            raise UserError(f"{mode}: weights do not fit backbone {backbone!r}: {missing[:3]}")
         if unexpected:
             warnings.warn(f"{mode}: ignored keys not in {backbone}: {unexpected[:5]}", stacklevel=2)
     return net, tuple(mean), tuple(std)

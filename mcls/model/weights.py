@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from mcls.errors import UserError
+
 
 @dataclass(frozen=True)
 class OfflineWeights:
@@ -69,11 +71,11 @@ def has_offline_weights(name: str) -> bool:
 def map_state_dict(source: dict, target: dict, origin: str = "weights") -> dict:
     """Renames `source` keys onto `target` by position, checking that counts and every shape agree."""
     if len(source) != len(target):
-        raise ValueError(f"{origin}: {len(source)} tensors, the model has {len(target)}")
+        raise UserError(f"{origin}: {len(source)} tensors, the model has {len(target)}")
     out = {}
     for (sk, sv), (tk, tv) in zip(source.items(), target.items()):
         if tuple(sv.shape) != tuple(tv.shape):
-            raise ValueError(f"{origin}: {sk} {tuple(sv.shape)} does not fit {tk} {tuple(tv.shape)}")
+            raise UserError(f"{origin}: {sk} {tuple(sv.shape)} does not fit {tk} {tuple(tv.shape)}")
         out[tk] = sv
     return out
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mcls.config import Config, read_yaml_keys
+from mcls.errors import UserError
 from mcls.labels import NUM_CLASSES, PROB_COLUMNS
 
 CONFIG = "config.yaml"
@@ -85,9 +86,9 @@ class Fold:
         else:  # written before both views were kept: p* hold the run's own serving only
             trained = self.run.config.tta
             if tta != trained:
-                raise ValueError(f"{self.predictions}: holds predictions {'with' if trained else 'without'} flip TTA "
-                                 f"only (written before both were kept); serve it with tta={str(trained).lower()} "
-                                 "or train the fold again")
+                raise UserError(f"{self.predictions}: holds predictions {'with' if trained else 'without'} flip TTA "
+                                f"only (written before both were kept); serve it with tta={str(trained).lower()} "
+                                "or train the fold again")
             probs = table[PROB_COLUMNS].to_numpy(np.float32)
         return table, probs
 
@@ -99,7 +100,7 @@ def read_json(path: Path, fix: str) -> dict:
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError):
-        raise ValueError(f"{path}: not valid JSON (truncated or edited by hand); {fix}") from None
+        raise UserError(f"{path}: not valid JSON (truncated or edited by hand); {fix}") from None
 
 
 @lru_cache(maxsize=64)
@@ -250,4 +251,4 @@ class Run:
         try:
             return json.loads(self.calibration_file.read_text())
         except ValueError as err:
-            raise ValueError(f"{self.calibration_file}: not a calibration record ({err})") from None
+            raise UserError(f"{self.calibration_file}: not a calibration record ({err})") from None

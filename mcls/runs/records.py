@@ -11,6 +11,7 @@ import pandas as pd
 
 from mcls import __version__
 from mcls.config import Config
+from mcls.errors import UserError
 from mcls.io import file_digest, write_json, write_text
 from mcls.runs.layout import Run, read_json
 
@@ -70,8 +71,8 @@ def write_run_info(run_dir: Path, fingerprint: str, n_images: int, extra: dict |
         first = json.loads(path.read_text())
         resumes = first.pop("resumes", [])
         if first.get("data_fingerprint") != fingerprint:
-            raise ValueError(f"{path}: the run started on data {first.get('data_fingerprint')}, the data now has "
-                             f"fingerprint {fingerprint}; resume on the same data or start a new run")
+            raise UserError(f"{path}: the run started on data {first.get('data_fingerprint')}, the data now has "
+                            f"fingerprint {fingerprint}; resume on the same data or start a new run")
         info = {**first, "resumes": resumes + [info]}
     write_json(path, info)
 
@@ -95,7 +96,7 @@ def check_scores(public: float | None, private: float | None = None) -> None:
     """Leaderboard scores are macro F1s in 0..1: one sentence otherwise."""
     for name, value in (("public", public), ("private", private)):
         if value is not None and not 0 <= value <= 1:
-            raise ValueError(f"{name} score {value} is not a macro F1 in 0..1")
+            raise UserError(f"{name} score {value} is not a macro F1 in 0..1")
 
 
 def cv_score(summary: dict, cfg: Config) -> float | None:

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from mcls.errors import UserError
+
 
 def launched() -> bool:
     """True inside a torchrun worker (torchrun sets WORLD_SIZE, RANK and LOCAL_RANK)."""
@@ -117,7 +119,7 @@ class GlobalBatchSampler(Sampler):
 
     def __init__(self, global_batch: int):
         if global_batch % world():
-            raise ValueError(f"batch_size={global_batch} must be divisible by the {world()} processes")
+            raise UserError(f"batch_size={global_batch} must be divisible by the {world()} processes")
         self.global_batch, self.rows, self.seed = global_batch, [], 0
 
     def set_epoch(self, order: np.ndarray, seed: int) -> None:

@@ -16,6 +16,7 @@ from mcls.data.cache import cached_images
 from mcls.data.dataset import TARGET_COLUMNS
 from mcls.data.faces import CropSettings
 from mcls.data.table import load_eval_table
+from mcls.errors import UserError
 from mcls.labels import decode
 from mcls.runs.layout import Run
 
@@ -63,8 +64,8 @@ def pseudo_labelled(cfg: Config, fold: int, val_images: np.ndarray) -> tuple[np.
     serving = Serving.resolve(checkpoint, {"person_consistent": cfg.person_consistent,
                                            "group_threshold": cfg.group_threshold, "calibrate_age": False})
     if teacher_cfg.img_size != cfg.img_size:
-        raise ValueError(f"pseudo_run {cfg.pseudo_run} was trained at {teacher_cfg.img_size} px, this run at "
-                         f"{cfg.img_size}: use a teacher of the same size")
+        raise UserError(f"pseudo_run {cfg.pseudo_run} was trained at {teacher_cfg.img_size} px, this run at "
+                        f"{cfg.img_size}: use a teacher of the same size")
     probs = predict_dataset(rt.prepare(teacher), ImageArrayDataset(images), rt, rt.eval_batch(cfg.batch_size),
                             tta=serving.tta, desc="pseudo-label")
     probs = serving.finish(probs, serving.groups(images))
