@@ -1,5 +1,7 @@
 """The leak guard (mcls.data.leak_guard): a competition face planted among external faces is dropped however it was
 copied, and a stranger's face is kept."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -35,11 +37,10 @@ def test_a_planted_competition_face_is_dropped_however_copied_and_a_stranger_is_
     ext, normal = _plant(tmp_path)
     external = read_external(ext)
     report = guard(external, competition_photos(SAMPLE), 0.4, CropSettings(cache_dir=str(tmp_path / "cache")))
-    assert report.n_external == 5 and report.n_dropped == 4
+    assert report.n_external == 5 and report.n_left_out == 4
+    assert report.left_out["same_person"] + report.left_out["same_photo"] == 4
     assert [p.split("/")[-1] for p in report.kept["path"]] == ["45_1_0_20170101000005.jpg"]
     assert set(report.pairs["competition"]) == {str(normal)}
-    assert report.line() == (f"dropped 4 of 5 external faces that match competition persons "
-                             f"(threshold {report.threshold:g})")
     # copies sit far inside the threshold, the stranger's nearest competition face outside it
     assert report.nearest[1:].max() < report.threshold / 3 and report.nearest[0] > report.threshold + 0.02
     # the descriptors are cached: a second pass computes none
@@ -70,7 +71,7 @@ def test_the_leak_check_command_prints_the_count_and_leaves_pairs_and_figures(tm
     assert main(["leak-check", f"external_data={ext}", f"data_dir={SAMPLE}", f"crop_cache={tmp_path / 'cache'}",
                  "--out", str(out)]) in (0, None)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-2].startswith("dropped 4 of 5 external faces that match competition persons (threshold ")
+    assert lines[-2].startswith("kept 1 of 5 external faces; left out 0 under 18, 0 unreadable, ")
     assert lines[-1] == f"pairs, kept faces and figures: {out}"
     assert len(pd.read_csv(out / "leak_pairs.csv")) == 4 and len(pd.read_csv(out / "external_kept.csv")) == 1
     for png in ("leak_pairs.png", "nearest_distance.png"):
@@ -85,3 +86,39 @@ def test_the_leak_check_command_prints_the_count_and_leaves_pairs_and_figures(tm
     # a key the guard does not read is refused with those it does
     assert main(["leak-check", f"external_data={ext}", "epochs=3"]) not in (0, None)
     assert "epochs: mean(s) nothing to `mcls leak-check`; it takes data_dir, external_data" in capsys.readouterr().err
+
+
+def test_every_face_left_out_is_counted_by_reason_and_training_prints_what_leak_check_prints(tmp_path, capsys):
+    from conftest import TINY
+
+    from mcls.cli import main
+    from mcls.config import Config
+    from mcls.data.leak_guard import screen_external
+    from mcls.runs.layout import Run
+    from mcls.train.pretrain import prepare_external
+
+    ext, _ = _plant(tmp_path)
+    stranger = ext / "45_1_0_20170101000005.jpg"
+    (ext / "12_1_0_20170101000006.jpg").write_bytes(stranger.read_bytes())  # a child: under external_min_age
+    (ext / "40_0_0_20170101000007.jpg").write_bytes(b"not a jpeg")
+    rng = np.random.default_rng(0)  # no face in it: its identity cannot be checked
+    Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(ext / "33_0_0_20170101000008.jpg")
+    caches = {"crop_cache": str(tmp_path / "cache"), "image_cache": str(tmp_path / "images")}
+    cfg = Config(data_dir=str(SAMPLE), run_dir=str(tmp_path / "run"), **TINY).updated(
+        {"external_data": str(ext), "external_training": "joint", **caches})
+    fresh = screen_external(cfg)
+    assert fresh.left_out == {"young": 1, "unreadable": 1, "same_person": fresh.left_out["same_person"],
+                              "same_photo": 4 - fresh.left_out["same_person"], "no_face": 1}
+    assert [p.split("/")[-1] for p in fresh.kept["path"]] == [stranger.name]
+    assert fresh.line() == (f"kept 1 of 8 external faces; left out 1 under 18, 1 unreadable, "
+                            f"{fresh.left_out['same_person']} the same person as a competition face, "
+                            f"{fresh.left_out['same_photo']} a copy of a competition photo, 1 with no face found "
+                            f"(threshold {cfg.external_threshold:g})")
+    assert screen_external(cfg).line() == fresh.line()  # a warm cache tells the same story
+
+    assert main(["leak-check", f"external_data={ext}", f"data_dir={SAMPLE}", f"crop_cache={caches['crop_cache']}",
+                 "--out", str(tmp_path / "check")]) in (0, None)
+    assert capsys.readouterr().out.strip().splitlines()[-2] == fresh.line()
+    prepare_external(cfg, Run(cfg.run_dir))
+    record = json.loads(Run(cfg.run_dir).external_record.read_text())
+    assert record["leak_guard"] == fresh.line() and record["left_out"] == fresh.left_out and record["n_kept"] == 1

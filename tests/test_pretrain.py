@@ -84,13 +84,13 @@ def test_the_preset_trains_end_to_end_and_a_second_run_takes_the_pretraining_fro
     for name in ("leak_pairs.csv", "leak_pairs.png", "nearest_distance.png", "external_kept.csv"):
         assert (run.external_dir / name).is_file(), name
     record = json.loads(run.external_record.read_text())
-    assert record["leak_guard"].startswith(f"dropped {record['n_dropped']} of 24 external faces that match")
-    assert record["n_trained"] == 24 - record["n_dropped"] and record["epochs"] == 1 and "from_cache" not in record
+    assert record["leak_guard"].startswith(f"kept {record['n_kept']} of 24 external faces; left out 0 under 18, ")
+    assert record["n_trained"] == record["n_kept"] == 24 - sum(record["left_out"].values())
+    assert record["epochs"] == 1 and "from_cache" not in record
     assert sum(record["ages"].values()) == record["n_trained"]
     lines = external_lines(run)
     assert lines[0] == f"external data data/external-sample: {record['leak_guard']}"
-    assert f"{record['n_trained']} faces" in lines[1] and "for 1 epoch in" in lines[1]
-    assert "0 faces under 18 left out" in lines[1]
+    assert f"the {record['n_trained']} faces kept" in lines[1] and "for 1 epoch in" in lines[1]
 
     main(["train", "--config", "external", f"data_dir={SAMPLE}", f"run_dir={tmp_path / 'b'}", "smoke=true",
           *tiny, *caches])
@@ -111,8 +111,8 @@ def test_faces_under_the_minimum_age_are_left_out_and_counted(tmp_path):
     cfg = _cfg(tmp_path, external_data=str(ext))
     prepare_external(cfg, Run(cfg.run_dir))
     record = json.loads(Run(cfg.run_dir).external_record.read_text())
-    assert record["n_young"] == 3 and record["n_external"] == 24
-    assert record["n_trained"] + record["n_dropped"] == 21
+    assert record["left_out"]["young"] == 3 and record["n_external"] == 24
+    assert record["n_trained"] + sum(record["left_out"].values()) == 24 and "left out 3 under 18," in record["leak_guard"]
 
 
 def test_external_keys_act_only_with_external_data_and_bad_sets_stop_before_the_run(tmp_path):

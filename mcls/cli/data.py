@@ -62,18 +62,13 @@ def cmd_crop(args) -> None:
 
 def cmd_leak_check(args) -> None:
     """Compares an external face-age set with every competition photo and writes what would be dropped."""
-    from mcls.data.external import read_external
-    from mcls.data.faces import CropSettings
     from mcls.analysis.leak_report import save_report
-    from mcls.data.leak_guard import competition_photos, guard
+    from mcls.data.leak_guard import screen_external
 
     cfg = leak_check_config(args)
     if not cfg.external_data:
         raise ConfigError("leak-check needs external_data=<folder of UTKFace-named photos or path,age,gender CSV>")
-    external = read_external(cfg.external_data)  # every bad name or row, before any descriptor is computed
-    photos = competition_photos(cfg.data_dir)
-    settings = CropSettings.from_config(cfg.updated({"crop": "mtcnn"}))
-    report = guard(external, photos, cfg.external_threshold, settings)
+    report = screen_external(cfg)  # the same reading, minimum age and guard as training: the same counts
     out = Path(args.out or Path("runs") / "leak-check" / Path(cfg.external_data).stem)
     save_report(report, out)
     print(report.line())

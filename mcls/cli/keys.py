@@ -64,7 +64,8 @@ def compare_sides(args):
 
 
 # the keys the leak guard reads: the two sets, its threshold and how faces are found for the descriptors
-LEAK_CHECK_KEYS = ("data_dir", "external_data", "external_threshold", "crop_cache", "crop_min_confidence", "device")
+LEAK_CHECK_KEYS = ("data_dir", "external_data", "external_min_age", "external_threshold", "crop_cache",
+                  "crop_min_confidence", "device")
 
 
 def leak_check_config(args) -> Config:

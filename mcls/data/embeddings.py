@@ -96,11 +96,19 @@ def face_descriptors(paths, settings: CropSettings = CropSettings(), cache_dir: 
     Cached rows (in `cache_dir`, by default the detections' cache folder; "" = none) are read back without decoding;
     the rest use the (cached) MTCNN faces for their box.
     """
+    return describe_faces(paths, settings, cache_dir)[0]
+
+
+def describe_faces(paths, settings: CropSettings = CropSettings(),
+                   cache_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(face_descriptors, whether each image's face was detected): False for an unreadable image and for one
+    described on the centred stand-in box."""
     from mcls.runtime.progress import progress
 
     cache_dir = settings.cache_dir if cache_dir is None else cache_dir
     paths = [str(p) for p in paths]
     out = np.zeros((len(paths), DIM), dtype=np.float32)
+    detected = np.zeros(len(paths), dtype=bool)
     todo = []
     for i, path in enumerate(paths):
         try:
@@ -111,26 +119,28 @@ def face_descriptors(paths, settings: CropSettings = CropSettings(), cache_dir: 
         if cached is not None and cached.is_file():
             try:
                 out[i] = np.load(cached)
+                detected[i] = True  # only a detected face's descriptor is ever cached
                 continue
             except (OSError, ValueError):
                 pass  # a damaged entry is recomputed and rewritten
         todo.append((i, digest))
     if not todo:
-        return out
+        return out, detected
     records = detect_faces([paths[i] for i, _ in todo], settings)
     n_centred = 0
     for (i, digest), record in zip(progress(todo, desc="face embeddings"), records):
         if "error" in record:
             continue
-        box, detected = face_box(record, settings.min_confidence)
+        box, found = face_box(record, settings.min_confidence)
         try:
             out[i] = embed_array(decode_image(paths[i]), box)
         except BadImageError:
             continue
         # a centred box stands in for a face the detector missed: used now, never kept as if it had been found
-        n_centred += not detected
-        if cache_dir and detected:
+        n_centred += not found
+        detected[i] = found
+        if cache_dir and found:
             save_npy(_cache_file(cache_dir, digest, settings.min_confidence), out[i])
     log.info("face descriptors: %d computed (%d on a centred box: no face detected, not cached), %d from the cache",
              len(todo), n_centred, len(paths) - len(todo))
-    return out
+    return out, detected

@@ -29,27 +29,37 @@ HASH_BITS = 16
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
+# Why a face is left out, in the order the guard asks; a face is counted under the first reason that holds.
+LEFT_OUT = {"young": "under {min_age}", "unreadable": "unreadable",
+            "same_person": "the same person as a competition face", "same_photo": "a copy of a competition photo",
+            "no_face": "with no face found"}
+
+
 @dataclass
 class LeakReport:
-    """What the guard found: the external rows kept, the matched pairs (external path, competition path, descriptor
-    distance, hash bits apart, which check matched), each external face's distance to its nearest competition face
-    (inf where dlib read no face), and the threshold used."""
+    """What the guard found: the external rows kept, the faces left out by reason (LEFT_OUT's keys), the matched
+    pairs (external path, competition path, descriptor distance, hash bits apart, which check matched), each
+    guarded face's distance to its nearest competition face (inf where dlib read no face), the threshold and the
+    minimum age used."""
 
     kept: pd.DataFrame
+    left_out: dict[str, int]
     pairs: pd.DataFrame
     nearest: np.ndarray
     threshold: float
+    min_age: int = 0
 
     @property
     def n_external(self) -> int:
-        return len(self.nearest)
+        return len(self.kept) + self.n_left_out
 
     @property
-    def n_dropped(self) -> int:
-        return self.n_external - len(self.kept)
+    def n_left_out(self) -> int:
+        return sum(self.left_out.values())
 
     def line(self) -> str:
-        return (f"dropped {self.n_dropped} of {self.n_external} external faces that match competition persons "
+        reasons = ", ".join(f"{n:,} {LEFT_OUT[r].format(min_age=self.min_age)}" for r, n in self.left_out.items())
+        return (f"kept {len(self.kept):,} of {self.n_external:,} external faces; left out {reasons} "
                 f"(threshold {self.threshold:g})")
 
 
@@ -74,17 +84,33 @@ def hash_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _POPCOUNT[np.bitwise_xor(a[:, None, :], b[None, :, :])].sum(-1, dtype=np.int32)
 
 
-def guard(external: pd.DataFrame, competition_paths, threshold: float, settings: CropSettings = CropSettings(),
-          cache_dir: str | None = None, chunk: int = 512) -> LeakReport:
-    """Compares every external face (a read_external table) with every competition photo; returns what is kept and
-    the matched pairs (`threshold`: the config's external_threshold). Descriptors computed before come from the
-    cache."""
-    from mcls.data.embeddings import face_descriptors
+def screen_external(cfg) -> LeakReport:
+    """The one way external data enters the kit, for training and `mcls leak-check` alike: read cfg.external_data
+    (every bad name or row reported before anything is computed), leave out faces under external_min_age, then
+    guard the rest against every competition photo of cfg.data_dir."""
+    from mcls.data.external import read_external
 
+    external = read_external(cfg.external_data)
+    # descriptors need the face box whatever the run's own crop is
+    settings = CropSettings.from_config(cfg.updated({"crop": "mtcnn"}))
+    return guard(external, competition_photos(cfg.data_dir), cfg.external_threshold, settings,
+                 min_age=cfg.external_min_age)
+
+
+def guard(external: pd.DataFrame, competition_paths, threshold: float, settings: CropSettings = CropSettings(),
+          cache_dir: str | None = None, chunk: int = 512, min_age: int = 0) -> LeakReport:
+    """Leaves out of `external` (a read_external table) every face under `min_age`, unreadable, matching a
+    competition photo (`threshold`: the config's external_threshold) or without a detected face (its identity
+    cannot be checked); returns what is kept, the counts by reason and the matched pairs. Descriptors computed
+    before come from the cache."""
+    from mcls.data.embeddings import describe_faces
+
+    young = external["age"].to_numpy() < min_age
+    external = external[~young].reset_index(drop=True)
     competition_paths = [str(p) for p in competition_paths]
     ext_paths = external["path"].astype(str).tolist()
-    ext_desc = face_descriptors(ext_paths, settings, cache_dir)
-    comp_desc = face_descriptors(competition_paths, settings, cache_dir)
+    ext_desc, ext_detected = describe_faces(ext_paths, settings, cache_dir)
+    comp_desc = describe_faces(competition_paths, settings, cache_dir)[0]
     ext_hash, ext_readable = _hashes(ext_paths)
     comp_hash, comp_readable = _hashes(competition_paths)
     # a zero row is a face dlib could not read: it must not match another zero row
@@ -111,8 +137,11 @@ def guard(external: pd.DataFrame, competition_paths, threshold: float, settings:
                           "competition": np.asarray(competition_paths)[nearest[matched]],
                           "distance": dist[matched].round(4), "hash_bits": bits[matched],
                           "match": np.where(by_face[matched], "face", "photo")})
-    return LeakReport(external[~matched].reset_index(drop=True), pairs.sort_values("distance").reset_index(drop=True),
-                      dist, threshold)
+    no_face = ext_readable & ~matched & ~ext_detected
+    left_out = {"young": int(young.sum()), "unreadable": int((~ext_readable).sum()), "same_person": int(by_face.sum()),
+                "same_photo": int((by_photo & ~by_face).sum()), "no_face": int(no_face.sum())}
+    kept = external[ext_readable & ~matched & ~no_face].reset_index(drop=True)
+    return LeakReport(kept, left_out, pairs.sort_values("distance").reset_index(drop=True), dist, threshold, min_age)
 
 
 def _hashes(paths) -> tuple[np.ndarray, np.ndarray]:

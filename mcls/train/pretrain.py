@@ -51,17 +51,12 @@ def pretrain_config(cfg: Config) -> Config:
 
 
 def external_rows(cfg: Config):
-    """(the external faces that train: path, age, gender and the kit's target columns; the leak guard's report;
-    how many were too young). Raises DataError on bad external input before anything is computed."""
-    from mcls.data.external import read_external
-    from mcls.data.leak_guard import competition_photos, guard
+    """(the external faces that train: path, age, gender and the kit's target columns; the leak guard's report).
+    Raises DataError on bad external input before anything is computed."""
+    from mcls.data.leak_guard import screen_external
 
-    external = read_external(cfg.external_data)
-    adults = external[external["age"] >= cfg.external_min_age].reset_index(drop=True)
-    # descriptors need the face box whatever the run's own crop is
-    report = guard(adults, competition_photos(cfg.data_dir), cfg.external_threshold,
-                   CropSettings.from_config(cfg.updated({"crop": "mtcnn"})))
-    return with_targets(report.kept, cfg, NOT_WEAR), report, len(external) - len(adults)
+    report = screen_external(cfg)
+    return with_targets(report.kept, cfg, NOT_WEAR), report
 
 
 def with_targets(rows: pd.DataFrame, cfg: Config, mask: int) -> pd.DataFrame:
@@ -86,16 +81,15 @@ def prepare_external(cfg: Config, run: Run) -> Path | None:
     if run.external_record.is_file() and (run.pretrained_face.is_file() or not pretrains):
         return run.pretrained_face if pretrains else None
     start = time.perf_counter()
-    rows, report, n_young = external_rows(cfg)
+    rows, report = external_rows(cfg)
     from mcls.analysis.leak_report import save_report
 
     save_report(report, run.external_dir)
-    log.info("external data %s: %s; %d faces under %d left out", cfg.external_data, report.line(), n_young,
-             cfg.external_min_age)
+    log.info("external data %s: %s", cfg.external_data, report.line())
     record = {"external_data": cfg.external_data, "external_training": cfg.external_training,
-              "leak_guard": report.line(), "n_external": report.n_external + n_young, "n_young": n_young,
-              "min_age": cfg.external_min_age, "n_dropped": report.n_dropped, "threshold": report.threshold,
-              "n_kept": len(rows), "ages": band_counts(rows, cfg), "external_share": cfg.external_share}
+              "leak_guard": report.line(), "n_external": report.n_external, "left_out": report.left_out,
+              "min_age": cfg.external_min_age, "threshold": report.threshold, "n_kept": len(rows),
+              "ages": band_counts(rows, cfg), "external_share": cfg.external_share}
     if pretrains:
         record.update(pretrained(cfg, run, rows))
     record["prepare_seconds"] = time.perf_counter() - start
@@ -119,6 +113,8 @@ def pretrained(cfg: Config, run: Run, rows: pd.DataFrame) -> dict:
         keep = np.setdiff1d(np.arange(len(rows)), bad)
         trained = pretrain(cfg, rows.iloc[keep].reset_index(drop=True), np.asarray(images)[keep] if bad else images)
         record.update(trained["record"], n_unreadable=len(bad))
+        if bad:  # the guard left out what it could not read; a photo that broke since is counted here
+            log.warning("pretraining skipped %d unreadable external faces", len(bad))
         save_torch(cached or run.pretrained_face, trained["weights"])
         if cached is not None:  # the record last, naming the weights it describes: see cache_entry
             write_json(cached.with_suffix(".json"), {**record, "weights_sha1": file_digest(cached)})
@@ -201,6 +197,5 @@ def external_lines(run: Run) -> list[str]:
         uses.append(f"join every fold's batches ({r['external_share']:g} per competition row an epoch, drawn anew; "
                     f"their mask loss ignored)")
     return [f"external data {r['external_data']}: {r['leak_guard']}",
-            f"{r['n_young']} faces under {r['min_age']} left out; {r.get('n_kept', r.get('n_trained'))} faces "
-            f"({ages}) " + "; then ".join(uses),
+            f"the {r['n_kept']} faces kept ({ages}) " + "; then ".join(uses),
             f"pairs and figures: {run.external_dir}"]
