@@ -108,3 +108,21 @@ def test_joint_training_runs_end_to_end_with_the_guarded_faces(tmp_path):
     assert lines[0].startswith("external data") and "under 18" in lines[0] and "faces kept" in lines[1]
     assert "join every fold's batches (1 per competition row an epoch" in lines[1]
     assert "pretrained" not in lines[1]
+
+
+def test_mixing_never_pairs_an_external_face_with_a_competition_photo():
+    import torch
+
+    from mcls.train.mixing import MASK_COLUMN, BatchMixer
+
+    y = torch.tensor([[m, 0, 1, 6 * m + 1, 40] for m in (0, 1, 2, 0, 1)] + [[-1, 1, 1, -1, 40]] * 5)
+    x = torch.arange(10).view(10, 1, 1, 1).expand(10, 3, 8, 8).clone()
+    mixer = BatchMixer("cutmix", prob=1.0, seed=0)
+    external = (y[:, MASK_COLUMN] < 0).numpy()
+    for _ in range(50):
+        _, _, y_other, _ = mixer.batch(x, y)
+        assert ((y_other[:, MASK_COLUMN] < 0).numpy() == external).all()
+    # a batch of competition rows alone draws exactly as before joint training existed
+    a, b = BatchMixer("cutmix", prob=1.0, seed=3), BatchMixer("cutmix", prob=1.0, seed=3)
+    perm = a(x[:5])[1]
+    assert torch.equal(b.batch(x[:5], y[:5])[2], y[:5][perm])

@@ -38,7 +38,7 @@ class BatchMixer:
     def batch(self, x: torch.Tensor, y: torch.Tensor):
         """(model input, per-task inputs or None, partner targets or None, lam) for one training batch; the model is
         called as model(x, task_inputs) and scored lam * loss(out, y) + (1 - lam) * loss(out, y_other)."""
-        mixed, perm, lam = self(x)
+        mixed, perm, lam = self(x, known_mask=y[:, MASK_COLUMN] >= 0)
         if perm is None:
             return x, None, None, 1.0
         if self.tasks == "all":
@@ -47,11 +47,13 @@ class BatchMixer:
         y_other[:, MASK_COLUMN] = y[perm, MASK_COLUMN]
         return x, {"mask": mixed}, y_other, lam
 
-    def __call__(self, x: torch.Tensor):
-        """Returns (mixed x, perm, lam), or (x, None, 1.0) when this batch is not mixed; lam is the share of x."""
+    def __call__(self, x: torch.Tensor, known_mask: torch.Tensor | None = None):
+        """Returns (mixed x, perm, lam), or (x, None, 1.0) when this batch is not mixed; lam is the share of x.
+        With `known_mask` (rows whose mask state is known), a row is mixed only with a row of its own kind."""
         if self.kind == "none" or len(x) < 2 or self.rng.random() >= self.prob:
             return x, None, 1.0
-        perm = torch.from_numpy(self.rng.permutation(len(x))).to(x.device)
+        known = None if known_mask is None else known_mask.cpu().numpy()
+        perm = torch.from_numpy(self._permutation(len(x), known)).to(x.device)
         lam = float(self.rng.beta(self.alpha, self.alpha))
         h, w = x.shape[-2:]
         if self.kind == "mixup":
@@ -70,3 +72,13 @@ class BatchMixer:
         x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
         x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
         return x, perm, 1 - (y1 - y0) * (x1 - x0) / (h * w)
+
+    def _permutation(self, n: int, known: np.ndarray | None) -> np.ndarray:
+        """Each row's partner. An external face (no mask state) is paired only with another: pasted into a
+        competition photo it would teach that photo's mask label on an unmasked face (joint training)."""
+        if known is None or known.all() or not known.any():
+            return self.rng.permutation(n)
+        perm = np.arange(n)
+        for rows in (np.flatnonzero(known), np.flatnonzero(~known)):
+            perm[rows] = rows[self.rng.permutation(len(rows))]
+        return perm
