@@ -87,3 +87,18 @@ def test_resume_after_kill_under_torchrun(runs, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     cols = ["epoch", "train_loss", "val_loss", "f1"]
     pd.testing.assert_frame_equal(_metrics(base / "two")[cols], _metrics(killed)[cols], atol=1e-6)
+
+
+def test_external_data_under_torchrun_is_screened_once_and_pretrained_by_both_ranks(tmp_path):
+    import json
+
+    run_dir = tmp_path / "ext"
+    done = subprocess.run(_torchrun(run_dir, f"external_data={ROOT / 'data' / 'external-sample'}",
+                                    "external_training=both", "external_epochs=1", "epochs=1", port=29520),
+                          capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((run_dir / "external" / "external.json").read_text())
+    assert record["n_trained"] == record["n_kept"] > 0 and record["epochs"] == 1
+    assert record["leak_guard"].startswith(f"kept {record['n_kept']} of 24 external faces")
+    assert (run_dir / "external" / "pretrained_face.pt").is_file() and (run_dir / "fold0" / "best.pt").is_file()
+    assert (done.stdout + done.stderr).count("kept ") == 1  # rank 0 alone screened and said so

@@ -32,6 +32,7 @@ from mcls.io import atomic_path, file_digest, save_torch, write_json
 from mcls.labels import age_band_names
 from mcls.model.checkpoint import face_weights
 from mcls.runs.layout import Run
+from mcls.runtime import distributed
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,6 @@ def pretrain_config(cfg: Config) -> Config:
     """The one-backbone model the external faces train: the run's face backbone and keys, its mask loss off."""
     _, w_gender, w_age = cfg.loss_weights
     return cfg.updated({"heads": "multi", "loss_weights": [0.0, w_gender, w_age], "epochs": cfg.external_epochs})
-
-
-def external_rows(cfg: Config):
-    """(the external faces that train: path, age, gender and the kit's target columns; the leak guard's report).
-    Raises DataError on bad external input before anything is computed."""
-    from mcls.data.leak_guard import screen_external
-
-    report = screen_external(cfg)
-    return with_targets(report.kept, cfg, NOT_WEAR), report
 
 
 def with_targets(rows: pd.DataFrame, cfg: Config, mask: int) -> pd.DataFrame:
@@ -78,33 +70,45 @@ def prepare_external(cfg: Config, run: Run) -> Path | None:
     when external_training pretrains, the pretrained face backbone (<run>/external/pretrained_face.pt): kept from
     before, copied from the cache, or trained now. Returns that backbone's path, or None when nothing pretrains."""
     pretrains = cfg.external_training in PRETRAINS
-    if run.external_record.is_file() and (run.pretrained_face.is_file() or not pretrains):
+    # rank 0 decides for all: a rank that saw another rank's fresh record would leave the others waiting
+    done = run.external_record.is_file() and (run.pretrained_face.is_file() or not pretrains)
+    if distributed.broadcast(done):
         return run.pretrained_face if pretrains else None
     start = time.perf_counter()
-    rows, report = external_rows(cfg)
-    from mcls.analysis.leak_report import save_report
+    screened = None
+    if distributed.is_main():
+        from mcls.analysis.leak_report import save_report
+        from mcls.data.leak_guard import screen_external
 
-    save_report(report, run.external_dir)
-    log.info("external data %s: %s", cfg.external_data, report.line())
-    record = {"external_data": cfg.external_data, "external_training": cfg.external_training,
-              "leak_guard": report.line(), "n_external": report.n_external, "left_out": report.left_out,
-              "min_age": cfg.external_min_age, "threshold": report.threshold, "n_kept": len(rows),
-              "ages": band_counts(rows, cfg), "external_share": cfg.external_share}
+        report = screen_external(cfg)
+        save_report(report, run.external_dir)
+        log.info("external data %s: %s", cfg.external_data, report.line())
+        screened = {"leak_guard": report.line(), "n_external": report.n_external, "left_out": report.left_out,
+                    "threshold": report.threshold}
+    screened = distributed.broadcast(screened)
+    # every rank trains on the faces rank 0 kept, as joint training reads them
+    rows = with_targets(pd.read_csv(run.external_dir / "external_kept.csv"), cfg, NOT_WEAR)
+    record = {"external_data": cfg.external_data, "external_training": cfg.external_training, **screened,
+              "min_age": cfg.external_min_age, "n_kept": len(rows), "ages": band_counts(rows, cfg),
+              "external_share": cfg.external_share}
     if pretrains:
         record.update(pretrained(cfg, run, rows))
     record["prepare_seconds"] = time.perf_counter() - start
-    write_json(run.external_record, record)
+    if distributed.is_main():
+        write_json(run.external_record, record)
+    distributed.barrier()
     return run.pretrained_face if pretrains else None
 
 
 def pretrained(cfg: Config, run: Run, rows: pd.DataFrame) -> dict:
     """Puts the face backbone pretrained on `rows` at run.pretrained_face (from the cache when it holds one for
-    these inputs); returns the pretraining's record."""
+    these inputs); returns the pretraining's record. Under torchrun every rank calls it and they pretrain
+    together (DDP, as a fold trains); rank 0 writes."""
     crop = CropSettings.from_config(cfg)
     key = pretrain_key(cfg, rows, crop)
     cached = Path(cfg.pretrain_cache) / f"{key}.pt" if cfg.pretrain_cache else None
     record = {"key": key}
-    entry = cache_entry(cached) if cached is not None else None
+    entry = distributed.broadcast(cache_entry(cached) if cached is not None and distributed.is_main() else None)
     if entry is not None:
         record.update(entry, from_cache=str(cached))
         log.info("pretrained face backbone from the cache: %s", cached)
@@ -115,12 +119,14 @@ def pretrained(cfg: Config, run: Run, rows: pd.DataFrame) -> dict:
         record.update(trained["record"], n_unreadable=len(bad))
         if bad:  # the guard left out what it could not read; a photo that broke since is counted here
             log.warning("pretraining skipped %d unreadable external faces", len(bad))
-        save_torch(cached or run.pretrained_face, trained["weights"])
-        if cached is not None:  # the record last, naming the weights it describes: see cache_entry
-            write_json(cached.with_suffix(".json"), {**record, "weights_sha1": file_digest(cached)})
-    if cached is not None:
+        if distributed.is_main():
+            save_torch(cached or run.pretrained_face, trained["weights"])
+            if cached is not None:  # the record last, naming the weights it describes: see cache_entry
+                write_json(cached.with_suffix(".json"), {**record, "weights_sha1": file_digest(cached)})
+    if cached is not None and distributed.is_main():
         with atomic_path(run.pretrained_face) as tmp:
             shutil.copyfile(cached, tmp)
+    distributed.barrier()
     return record
 
 

@@ -143,9 +143,7 @@ def fit_fold(cfg: Config, table: pd.DataFrame, images: np.ndarray, k: int, out: 
         from mcls.train.joint import joint_faces
         from mcls.train.pretrain import prepare_external
 
-        if distributed.is_main():
-            prepare_external(cfg, out.run)
-        distributed.barrier()
+        prepare_external(cfg, out.run)  # every rank: rank 0 screens, all pretrain together
         init = out.run.pretrained_face if cfg.external_training in PRETRAINS else None
         external = joint_faces(cfg, out.run) if cfg.external_training in JOINS else None
     pseudo = None
