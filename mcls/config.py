@@ -35,6 +35,12 @@ def serving(default):
     return field(default=default, metadata={"role": "serving"})
 
 
+def placement(default):
+    """A key that says where a run's data and caches are and what it runs on, not what it learns: a resumed run
+    takes it as given (the data's fingerprint still has to match), while any other key keeps its saved value."""
+    return field(default=default, metadata={"role": "placement"})
+
+
 # The heads whose mask task has a backbone of its own (mcls.model.classifier.TASK_BACKBONES: its size, view and
 # mixing are its own).
 MASK_BACKBONE_HEADS = ("mask_apart", "separate")
@@ -52,7 +58,7 @@ EXTERNAL_KEYS = ("external_min_age", "external_epochs", "external_threshold", "e
 @dataclass
 class Config:
     # --- data ---
-    data_dir: str = "data/sample"
+    data_dir: str = placement("data/sample")
     relabel_file: str = ""  # CSV of relabel decisions applied on load; "" = none
     relabel_decisions: str = ""  # a reviewed queue CSV (decision column) that notebook 01 appends headless
     age_bounds: list[int] = field(default_factory=lambda: [30, 60])  # band edges: <30, 30-59, >=60
@@ -64,8 +70,8 @@ class Config:
     crop_chin: float = 0.2  # ... and this much more below, so a mask pulled down to the chin stays in
     crop_min_confidence: float = 0.9  # weaker detections count as no face
     crop_fallback: float = 0.8  # no face: centred square, this fraction of the shorter side
-    crop_cache: str = ".cache/mcls/crops"  # detections (and face descriptors) cached by image content; "" = none
-    image_cache: str = ".cache/mcls/images"  # decoded arrays keyed by files, size and crop; "" = decode every run
+    crop_cache: str = placement(".cache/mcls/crops")  # detections (and face descriptors) cached by image content; "" = none
+    image_cache: str = placement(".cache/mcls/images")  # decoded arrays keyed by files, size and crop; "" = decode every run
     # --- folds ---
     n_folds: int = 5
     fold: int = 0  # validation fold to train against; -1 trains every fold
@@ -122,15 +128,15 @@ class Config:
     # its persons and dropped; chosen on this data's distances (docs/external-data.md, bench/leak_threshold.py)
     external_threshold: float = 0.3
     external_epochs: int = 5  # pretrain | both: epochs of the one-off pretraining on the external faces
-    pretrain_cache: str = ".cache/mcls/pretrained"  # pretrained backbones keyed by their inputs; "" = the run's only
+    pretrain_cache: str = placement(".cache/mcls/pretrained")  # pretrained backbones keyed by their inputs; "" = the run's only
     sync_bn: bool = False  # SyncBatchNorm across processes under torchrun
     # --- runtime ---
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = placement("auto")  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision, used on CUDA only
     # auto: bfloat16 where the GPU has it, else float16 + loss scaling
     amp_dtype: str = one_of("auto", "bfloat16", "float16")
     channels_last: str = one_of("auto", "on", "off")  # auto: CUDA only
-    num_workers: int = 0
+    num_workers: int = placement(0)
     compile: bool = False  # torch.compile the training model (needs a C++ compiler on CPU; slow first epoch)
     # --- run ---
     run_dir: str = ""  # "" = runs/<timestamp>
@@ -307,6 +313,11 @@ def has_mask_backbone(heads: str) -> bool:
 def key_choices() -> dict[str, tuple[str, ...]]:
     """{key: its valid values} for every key that takes one of a few names."""
     return {f.name: f.metadata["choices"] for f in dataclasses.fields(Config) if "choices" in f.metadata}
+
+
+def placement_keys() -> tuple[str, ...]:
+    """The keys a resumed run takes as given (placement), in field order."""
+    return tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("role") == "placement")
 
 
 def serving_keys() -> tuple[str, ...]:

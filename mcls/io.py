@@ -38,6 +38,12 @@ def atomic_path(path: str | Path, keep_previous: bool = False):
         if keep_previous and path.is_file() and not filecmp.cmp(path, tmp, shallow=False):
             _keep_copy(path)
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if type(err).__module__ == "builtins" and err.errno and err.filename in (None, str(tmp)):
+            # a failed write names nothing, or the hidden temporary file: name the file the user knows
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -59,10 +65,22 @@ def writable_output(path: str | Path, what: str = "output") -> Path:
     if path.is_dir():
         raise OutputError(f"{what} {path} is a folder; give a file name, e.g. {path / 'predictions.csv'}")
     parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} {path}: cannot write in {parent} (read-only or not yours); choose another path "
-                          "or fix its permissions")
+    reason = write_problem(parent)
+    if reason:
+        raise OutputError(f"{what} {path}: cannot write in {parent} ({reason}); choose another path or fix its "
+                          "permissions")
     return path
+
+
+def write_problem(folder: str | Path) -> str | None:
+    """Why nothing can be written in `folder`, in the operating system's words (a read-only file system, no
+    permission, a full disk), or None. It tries: permission bits alone miss a read-only mount and a full disk."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    return None
 
 
 class OutputError(OSError):

@@ -77,14 +77,29 @@ def test_every_reference_is_checked_before_the_first_epoch_and_a_fixed_retry_sta
     train(tiny_cfg)  # the same run_dir, fixed: starts, not "already holds a run"
 
 
-def test_a_read_only_run_folder_is_refused_before_anything_starts(tiny_cfg, tmp_path, monkeypatch):
-    from mcls.train.run import train
+def _read_only_folder(tmp_path, monkeypatch):
+    """A folder on which writing fails as on a read-only mount (tests run as root here, for whom chmod 555 would
+    not lock anything): the OS's own error, raised where the kit first tries to write."""
+    import tempfile
 
     locked = tmp_path / "locked"
     locked.mkdir()
-    real_access = os.access  # tests run as root here, for whom chmod 555 would not lock anything
-    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
-    with pytest.raises(ConfigError, match=r"run_dir=.*: cannot write in .*locked \(read-only or not yours\)"):
+    real = tempfile.TemporaryFile
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == locked:
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    return locked
+
+
+def test_a_read_only_run_folder_is_refused_before_anything_starts(tiny_cfg, tmp_path, monkeypatch):
+    from mcls.train.run import train
+
+    locked = _read_only_folder(tmp_path, monkeypatch)
+    with pytest.raises(ConfigError, match=r"run_dir=.*: cannot write in .*locked \(Read-only file system\)"):
         train(tiny_cfg.updated({"run_dir": str(locked / "run")}))
 
 
@@ -164,12 +179,9 @@ def test_an_unwritable_output_folder_is_refused_before_predicting(run_copy, tmp_
     import mcls.infer.submission as submission
 
     monkeypatch.setattr(submission, "predict_paths", lambda *a, **k: pytest.fail("predicted before the check"))
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    locked = _read_only_folder(tmp_path, monkeypatch)
     code, err = cli(capsys, "predict", "--run", run_copy, "--out", locked / "s.csv", f"data_dir={SAMPLE}")
-    assert code == 2 and f"cannot write in {locked} (read-only or not yours)" in one_sentence(err)
+    assert code == 2 and f"cannot write in {locked} (Read-only file system)" in one_sentence(err)
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
@@ -243,14 +255,20 @@ def test_a_full_disk_during_training_keeps_the_last_epoch_and_resume_finishes(ti
 
     def full_on_the_third_save(obj, path, *args, **kwargs):
         calls.append(path)
-        if len(calls) == 3:  # epoch 1 wrote best.pt and last.pt; epoch 2's best.pt hits the full disk
+        if len(calls) == 3:  # epoch 1 wrote its two checkpoints; epoch 2's first one hits the full disk
             Path(path).write_bytes(b"half")
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a failed write raises it: naming nothing
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", full_on_the_third_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as raised:
         train(cfg)
+    named = Path(raised.value.filename)  # the checkpoint itself, not its hidden temporary file
+    assert named.parent == Path(cfg.run_dir) / "fold0" and named.name in ("best.pt", "last.pt")
+    from mcls.cli import describe_os_error
+
+    assert describe_os_error(raised.value).startswith(f"{raised.value.filename}: the disk is full (No space left on "
+                                                      "device); free space, then run the same command again")
     last = Path(cfg.run_dir) / "fold0" / "last.pt"
     assert torch.load(last, weights_only=False)["state"]["epoch"] == 1  # the last saved epoch is intact
     monkeypatch.undo()
@@ -266,7 +284,7 @@ def test_the_cli_turns_a_full_disk_into_what_to_do(capsys, monkeypatch):
 
     monkeypatch.setattr(evidence, "cmd_runs", full)
     code, err = cli(capsys, "runs")
-    assert code == 2 and "runs/x/fold0/last.pt: the disk is full; free space, then run the same command" in err
+    assert code == 2 and "runs/x/fold0/last.pt: the disk is full (No space left on device); free space" in err
 
 
 # ----------------------------------------------------------------------------------------- damaged records
@@ -308,6 +326,32 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
     Image.new("L", (200, 200)).save(tmp_path / "bomb.png")
     with pytest.raises(BadImageError, match=r"bomb.png: 200x200 pixels is more than"):
         decode_image(tmp_path / "bomb.png")
+
+
+def _png_header(path, width, height):
+    """A PNG that claims width x height pixels and holds none: what a bomb shows before it is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("side, shown", [(10_000, "10000x10000 pixels"), (30_000, "900,000,000 pixels")])
+def test_a_bomb_past_pillows_own_limits_is_one_sentence_and_no_warning(tmp_path, side, shown):
+    import warnings
+
+    from mcls.data.images import BadImageError, decode_image
+
+    bomb = _png_header(tmp_path / "huge.png", side, side)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would print beside our sentence
+        with pytest.raises(BadImageError, match=rf"huge.png: {shown} is more than the 64 megapixels accepted"):
+            decode_image(bomb)
 
 
 def test_overrides_on_both_sides_of_run_are_one_command(run_copy, tmp_path, capsys):

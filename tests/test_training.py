@@ -104,3 +104,27 @@ def test_the_epoch_is_chosen_on_the_score_as_served(trained_run):
     assert record_epoch(state, {"epoch": 1, "f1": 0.60, "served_f1": 0.50})
     assert not record_epoch(state, {"epoch": 2, "f1": 0.70, "served_f1": 0.45})  # better per image, worse served
     assert state["best_epoch"] == 1 and state["bad_epochs"] == 1
+
+
+def test_resume_takes_the_keys_that_place_a_run_and_refuses_those_that_change_it(tmp_path, capsys):
+    from mcls.cli import main
+    from mcls.config import Config, ConfigError
+    from mcls.runs.records import open_run
+
+    # a run whose start stopped at the checks leaves nothing: --resume says so and what to do
+    moved = tmp_path / "moved"
+    assert main(["train", f"data_dir={moved}", f"run_dir={tmp_path / 'run'}", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run'}: nothing to resume, no run was started there" in err and "without --resume" in err
+
+    # a started run whose data moved: the new data_dir (and device, caches) are taken; the recipe is not
+    started = Config(data_dir=str(moved), run_dir=str(tmp_path / "run"), epochs=3)
+    open_run(started)
+    typed = started.updated({"data_dir": "data/sample", "device": "cpu", "epochs": 3})
+    cfg, _ = open_run(typed, resume=True, given=("data_dir", "device", "epochs"))
+    assert (cfg.data_dir, cfg.device, cfg.epochs) == ("data/sample", "cpu", 3)
+    with pytest.raises(ConfigError, match=r"--resume continues the run as it was started: epochs=5 \(saved 3\), "
+                                          r"lr=0\.01 \(saved 0\.001\) would change what it learns; drop them"):
+        open_run(typed.updated({"epochs": 5, "lr": 0.01}), resume=True, given=("data_dir", "epochs", "lr"))
+    # a key not typed never beats the saved value, whatever the defaults say
+    assert open_run(Config(run_dir=str(tmp_path / "run")), resume=True)[0].data_dir == str(moved)

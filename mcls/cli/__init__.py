@@ -21,10 +21,11 @@ def describe_os_error(err: OSError) -> str:
     """One sentence for a failed read or write: which file, what happened, what to do."""
     where = f"{err.filename}: " if getattr(err, "filename", None) else ""
     if err.errno == errno.ENOSPC:
-        return (f"{where}the disk is full; free space, then run the same command again (training: with --resume, "
+        return (f"{where}the disk is full ({err.strerror}); free space, then run the same command again (training: with --resume, "
                 "which continues after the last saved epoch; files written before are intact)")
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{where}cannot write here (read-only or not yours); choose another path or fix its permissions"
+        return (f"{where}cannot write here ({err.strerror or 'read-only or not yours'}); choose another path or fix "
+                "its permissions")
     return str(err)
 
 

@@ -14,7 +14,7 @@ def cmd_train(args) -> None:
     from mcls.runtime import distributed
     from mcls.train.run import train
 
-    summary = train(config_of(args), resume=args.resume)
+    summary = train(config_of(args), resume=args.resume, given=tuple(given_keys(args)))
     if distributed.is_main():
         shown = {k: round(v, 4) for k, v in summary.items() if isinstance(v, float) and not k.endswith("_std")}
         print(json.dumps(shown, indent=2))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,11 @@ def decode_image(path: str | Path) -> np.ndarray:
     """RGB uint8 HxWx3, EXIF orientation applied; grayscale, palette, alpha and 16-bit files are converted."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # Pillow warns from 89 MP and refuses from 179 MP itself; the limit below speaks first, in one sentence
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             # checked from the header, before decoding: a "decompression bomb" would take minutes and gigabytes
             if im.width * im.height > MAX_PIXELS:
                 raise BadImageError(f"{path}: {im.width}x{im.height} pixels is more than the {MAX_PIXELS // 10**6} "
@@ -43,6 +49,11 @@ def decode_image(path: str | Path) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except BadImageError:
         raise
+    except Image.DecompressionBombError as err:  # too large for Pillow even to open: the header's size is in its words
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(pixels[1]):,} pixels" if pixels else "its size"
+        raise BadImageError(f"{path}: {size} is more than the {MAX_PIXELS // 10**6} megapixels accepted for one face "
+                            "photo; resize it or leave it out") from None
     except FileNotFoundError:
         raise BadImageError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from mcls import __version__
-from mcls.config import Config
+from mcls.config import Config, ConfigError, placement_keys
 from mcls.errors import UserError
 from mcls.io import file_digest, write_json, write_text
 from mcls.runs.layout import Run, read_json
@@ -20,14 +20,30 @@ class RunExistsError(FileExistsError):
     pass
 
 
+def resumed_config(saved: Config, cfg: Config, given: tuple[str, ...]) -> Config:
+    """The saved config with the given placement keys taken from `cfg`; one sentence for any other given key whose
+    value differs from the saved one."""
+    placed = set(placement_keys())
+    changed = [k for k in given if k != "run_dir" and getattr(cfg, k) != getattr(saved, k)]
+    refused = [k for k in changed if k not in placed]
+    if refused:
+        shown = ", ".join(f"{k}={getattr(cfg, k)!r} (saved {getattr(saved, k)!r})" for k in refused)
+        raise ConfigError(f"--resume continues the run as it was started: {shown} would change what it learns; "
+                          f"drop {'them' if len(refused) > 1 else 'it'}, or start a new run_dir (a resumed run "
+                          f"takes only {', '.join(sorted(placed))})")
+    return saved.updated({k: getattr(cfg, k) for k in changed}) if changed else saved
+
+
 def new_run_dir(cfg: Config) -> Path:
     return Path(cfg.run_dir) if cfg.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def open_run(cfg: Config, resume: bool = False) -> tuple[Config, Path]:
+def open_run(cfg: Config, resume: bool = False, given: tuple[str, ...] = ()) -> tuple[Config, Path]:
     """Creates (or, with resume, reopens) a run folder and writes config.yaml; never overwrites a finished run.
 
-    On resume the saved config wins, so a resumed run continues exactly what was started.
+    On resume the saved config wins, so a resumed run continues exactly what was started; of the `given` keys (the
+    ones the user typed) the placement keys (where the data and caches are, the device) are taken, and one that
+    would change what the run learns is refused with its saved value.
     """
     run_dir = new_run_dir(cfg)
     saved = Run(run_dir).config_file
@@ -35,9 +51,11 @@ def open_run(cfg: Config, resume: bool = False) -> tuple[Config, Path]:
         if not resume:
             raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, "
                                  "or choose another run_dir")
-        return Config.from_yaml(saved), run_dir
+        return resumed_config(Config.from_yaml(saved), cfg, given), run_dir
     if resume:
-        raise FileNotFoundError(f"{saved}: nothing to resume")
+        raise FileNotFoundError(f"{run_dir}: nothing to resume, no run was started there (a start that stopped "
+                                "before its first epoch, e.g. at the checks, leaves nothing); run the same command "
+                                "without --resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = Config.from_dict({**cfg.to_dict(), "run_dir": str(run_dir)})
     write_text(saved, cfg.to_yaml())

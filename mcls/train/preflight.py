@@ -35,14 +35,15 @@ def check_references(cfg: Config) -> None:
 
 
 def _run_dir_problems(run_dir: str) -> list[str]:
-    import os
+    from mcls.io import write_problem
 
     path = Path(run_dir or "runs")
     parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
     if not parent.is_dir():
         return [f"run_dir={run_dir!r}: {parent} is a file, not a folder"]
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return [f"run_dir={run_dir!r}: cannot write in {parent} (read-only or not yours); choose another run_dir"]
+    reason = write_problem(parent)
+    if reason:
+        return [f"run_dir={run_dir!r}: cannot write in {parent} ({reason}); choose another run_dir"]
     return []
 
 

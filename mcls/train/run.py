@@ -43,10 +43,12 @@ def load_training_data(cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
     return table, images
 
 
-def train(cfg: Config, resume: bool = False, folds: list[int] | None = None, on_epoch=None) -> dict:
+def train(cfg: Config, resume: bool = False, folds: list[int] | None = None, on_epoch=None,
+          given: tuple[str, ...] = ()) -> dict:
     """Trains `cfg.fold` (or every fold when fold=-1; or the given `folds`) into the run folder; returns the run
     summary. `on_epoch(fold, row)` is called after each validated epoch (a sweep reports to its pruner there, and
-    may stop the run by raising).
+    may stop the run by raising). `given` names the keys the user set: a resumed run takes those that place it
+    (records.resumed_config).
 
     Under torchrun every process calls this: rank 0 opens the run folder and tells the others where it is, and
     only rank 0 writes run records.
@@ -57,7 +59,7 @@ def train(cfg: Config, resume: bool = False, folds: list[int] | None = None, on_
         try:
             if not resume:  # a resumed run is checked as saved, below
                 check_references(cfg.resolved())
-            opened = open_run(cfg.resolved(), resume=resume)
+            opened = open_run(cfg.resolved(), resume=resume, given=given)
             if resume:
                 check_references(opened[0])
         except Exception as err:  # every rank must learn of it, or the others wait forever
