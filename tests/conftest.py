@@ -32,6 +32,14 @@ def sample_copy(tmp_path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="session")
+def face_cache(tmp_path_factory) -> str:
+    """One crop cache (MTCNN detections and dlib descriptors, keyed by file content) for the tests that screen
+    external faces: the sample's competition photos are described once for all of them. Tests of the cache itself
+    keep their own."""
+    return str(tmp_path_factory.mktemp("face-cache"))
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path, sample_dir):
     from mcls.config import Config

@@ -89,12 +89,13 @@ def test_resume_after_kill_under_torchrun(runs, tmp_path):
     pd.testing.assert_frame_equal(_metrics(base / "two")[cols], _metrics(killed)[cols], atol=1e-6)
 
 
-def test_external_data_under_torchrun_is_screened_once_and_pretrained_by_both_ranks(tmp_path):
+def test_external_data_under_torchrun_is_screened_once_and_pretrained_by_both_ranks(tmp_path, face_cache):
     import json
 
     run_dir = tmp_path / "ext"
     done = subprocess.run(_torchrun(run_dir, f"external_data={ROOT / 'data' / 'external-sample'}",
-                                    "external_training=both", "external_epochs=1", "epochs=1", port=29520),
+                                    "external_training=both", "external_epochs=1", "epochs=1",
+                                    f"crop_cache={face_cache}", port=29520),
                           capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((run_dir / "external" / "external.json").read_text())

@@ -91,14 +91,14 @@ def test_joint_keys_are_refused_where_they_cannot_act():
 
 
 @needs_dlib
-def test_joint_training_runs_end_to_end_with_the_guarded_faces(tmp_path):
+def test_joint_training_runs_end_to_end_with_the_guarded_faces(tmp_path, face_cache):
     # external_training=both (pretraining, then joint) runs in notebook 03's test
     from mcls.train.pretrain import external_lines
     from mcls.train.run import train
 
     cfg = Config(data_dir=str(SAMPLE), run_dir=str(tmp_path / "run"), **TINY).updated(
         {"external_data": str(EXTERNAL), "external_training": "joint", "external_share": 1.0,
-         "crop_cache": str(tmp_path / "crops"), "image_cache": str(tmp_path / "images")})
+         "crop_cache": face_cache, "image_cache": str(tmp_path / "images")})
     summary = train(cfg)
     run = Run(cfg.run_dir)
     record = json.loads(run.external_record.read_text())

@@ -1,6 +1,7 @@
 """The leak guard (mcls.data.leak_guard): a competition face planted among external faces is dropped however it was
 copied, and a stranger's face is kept."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,10 +34,10 @@ def _plant(tmp_path):
     return ext, normal
 
 
-def test_a_planted_competition_face_is_dropped_however_copied_and_a_stranger_is_kept(tmp_path):
+def test_a_planted_competition_face_is_dropped_however_copied_and_a_stranger_is_kept(tmp_path, face_cache):
     ext, normal = _plant(tmp_path)
     external = read_external(ext)
-    report = guard(external, competition_photos(SAMPLE), 0.4, CropSettings(cache_dir=str(tmp_path / "cache")))
+    report = guard(external, competition_photos(SAMPLE), 0.4, CropSettings(cache_dir=face_cache))
     assert report.n_external == 5 and report.n_left_out == 4
     assert report.left_out["same_person"] + report.left_out["same_photo"] == 4
     assert [p.split("/")[-1] for p in report.kept["path"]] == ["45_1_0_20170101000005.jpg"]
@@ -44,10 +45,10 @@ def test_a_planted_competition_face_is_dropped_however_copied_and_a_stranger_is_
     # copies sit far inside the threshold, the stranger's nearest competition face outside it
     assert report.nearest[1:].max() < report.threshold / 3 and report.nearest[0] > report.threshold + 0.02
     # the descriptors are cached: a second pass computes none
-    cached = sorted((tmp_path / "cache").rglob("*.npy"))
+    cached = sorted(Path(face_cache).rglob("*.npy"))
     assert len(cached) >= 5
     mtimes = [p.stat().st_mtime_ns for p in cached]
-    guard(external, competition_photos(SAMPLE), 0.4, CropSettings(cache_dir=str(tmp_path / "cache")))
+    guard(external, competition_photos(SAMPLE), 0.4, CropSettings(cache_dir=face_cache))
     assert [p.stat().st_mtime_ns for p in cached] == mtimes
 
 
@@ -63,12 +64,12 @@ def test_the_photo_hash_is_the_same_photo_through_flip_resize_and_jpeg(tmp_path)
     assert photo_hash(bad) is None
 
 
-def test_the_leak_check_command_prints_the_count_and_leaves_pairs_and_figures(tmp_path, capsys):
+def test_the_leak_check_command_prints_the_count_and_leaves_pairs_and_figures(tmp_path, capsys, face_cache):
     from mcls.cli import main
 
     ext, normal = _plant(tmp_path)
     out = tmp_path / "check"
-    assert main(["leak-check", f"external_data={ext}", f"data_dir={SAMPLE}", f"crop_cache={tmp_path / 'cache'}",
+    assert main(["leak-check", f"external_data={ext}", f"data_dir={SAMPLE}", f"crop_cache={face_cache}",
                  "--out", str(out)]) in (0, None)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2].startswith("kept 1 of 5 external faces; left out 0 under 18, 0 unreadable, ")
@@ -88,7 +89,8 @@ def test_the_leak_check_command_prints_the_count_and_leaves_pairs_and_figures(tm
     assert "epochs: mean(s) nothing to `mcls leak-check`; it takes data_dir, external_data" in capsys.readouterr().err
 
 
-def test_every_face_left_out_is_counted_by_reason_and_training_prints_what_leak_check_prints(tmp_path, capsys):
+def test_every_face_left_out_is_counted_by_reason_and_training_prints_what_leak_check_prints(tmp_path, capsys,
+                                                                                            face_cache):
     from conftest import TINY
 
     from mcls.cli import main
@@ -103,7 +105,7 @@ def test_every_face_left_out_is_counted_by_reason_and_training_prints_what_leak_
     (ext / "40_0_0_20170101000007.jpg").write_bytes(b"not a jpeg")
     rng = np.random.default_rng(0)  # no face in it: its identity cannot be checked
     Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(ext / "33_0_0_20170101000008.jpg")
-    caches = {"crop_cache": str(tmp_path / "cache"), "image_cache": str(tmp_path / "images")}
+    caches = {"crop_cache": face_cache, "image_cache": str(tmp_path / "images")}
     cfg = Config(data_dir=str(SAMPLE), run_dir=str(tmp_path / "run"), **TINY).updated(
         {"external_data": str(ext), "external_training": "joint", **caches})
     fresh = screen_external(cfg)

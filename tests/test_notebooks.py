@@ -86,9 +86,9 @@ def test_03_train(tmp_path):
                              re.M)
     assert epoch_lines == ["1", "2"]  # one line per epoch, in the training cell's output
     # the external data's leak guard line, its pretraining and joint training, above its pairs and distances
-    assert re.search(r"^external data data/external-sample: dropped \d+ of 24 external faces that match competition "
-                     r"persons \(threshold [\d.]+\)$", "\n".join(texts), re.M)
-    assert re.search(r"^0 faces under 18 left out; \d+ faces \(.*\) pretrained the gender/age backbone for 5 epochs "
+    assert re.search(r"^external data data/external-sample: kept \d+ of 24 external faces; left out 0 under 18, "
+                     r"\d+ unreadable, .* with no face found \(threshold [\d.]+\)$", "\n".join(texts), re.M)
+    assert re.search(r"^the \d+ faces kept \(.*\) pretrained the gender/age backbone for 5 epochs "
                      r"in [\d.]+ min( \(taken from the cache \S+\))?; then join every fold's batches \(0.5 per "
                      r"competition row", "\n".join(texts), re.M)
     images, _ = outputs(tmp_path / "notebooks" / "03_train.ipynb")

@@ -71,10 +71,11 @@ def test_a_backbone_of_another_architecture_is_refused_naming_the_file(tmp_path)
 
 
 @needs_dlib
-def test_the_preset_trains_end_to_end_and_a_second_run_takes_the_pretraining_from_the_cache(tmp_path, capsys):
+def test_the_preset_trains_end_to_end_and_a_second_run_takes_the_pretraining_from_the_cache(tmp_path, capsys,
+                                                                                            face_cache):
     from mcls.cli import main
 
-    caches = [f"crop_cache={tmp_path / 'crops'}", f"image_cache={tmp_path / 'images'}",
+    caches = [f"crop_cache={face_cache}", f"image_cache={tmp_path / 'images'}",
               f"pretrain_cache={tmp_path / 'pretrained'}"]
     tiny = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in TINY.items()]
     main(["train", "--config", "external", f"data_dir={SAMPLE}", f"run_dir={tmp_path / 'a'}", "smoke=true",
@@ -102,13 +103,13 @@ def test_the_preset_trains_end_to_end_and_a_second_run_takes_the_pretraining_fro
 
 
 @needs_dlib
-def test_faces_under_the_minimum_age_are_left_out_and_counted(tmp_path):
+def test_faces_under_the_minimum_age_are_left_out_and_counted(tmp_path, face_cache):
     ext = tmp_path / "ext"
     shutil.copytree(EXTERNAL, ext)
     young = sorted(ext.glob("*.jpg"))[:3]
     for i, path in enumerate(young):
         path.rename(path.with_name(f"{5 + i}_" + path.name.split("_", 1)[1]))
-    cfg = _cfg(tmp_path, external_data=str(ext))
+    cfg = _cfg(tmp_path, external_data=str(ext), crop_cache=face_cache)
     prepare_external(cfg, Run(cfg.run_dir))
     record = json.loads(Run(cfg.run_dir).external_record.read_text())
     assert record["left_out"]["young"] == 3 and record["n_external"] == 24
