@@ -47,8 +47,9 @@ MASK_BACKBONE_HEADS = ("mask_apart", "separate")
 
 
 # What the mask-task keys are on a model without a mask backbone of its own (heads=multi or single): setting such
-# heads takes these for the keys not given with it, since the defaults' values act only on the mask task's own
-# backbone. One backbone, three heads and these keys are the defaults until 2026-12-03.
+# heads on a config with a mask backbone takes these for the keys not given with it, since the defaults' values act
+# only on the mask task's own backbone; setting heads with a mask backbone on one without takes the package's
+# defaults back. One backbone, three heads and these keys are the defaults until 2026-12-03.
 ONE_BACKBONE = {"mask_backbone": "", "mask_size": 0, "mix": "none", "mix_tasks": "all", "mask_view": "none"}
 
 # The keys that shape how external data trains: they act only with external_data.
@@ -183,8 +184,10 @@ class Config:
                 setattr(new, key, _coerce(value, hints[key]))
             except (TypeError, ValueError) as err:
                 problems.append(f"{source}: {key}={value!r}: {err}")
-        if "heads" in (values or {}) and not has_mask_backbone(new.heads):
-            for key, value in ONE_BACKBONE.items():
+        if "heads" in (values or {}) and has_mask_backbone(new.heads) != has_mask_backbone(self.heads):
+            # heads of the other kind: the mask-task keys not given with them take that kind's values, both ways
+            own = {k: f.default for f in dataclasses.fields(Config) if (k := f.name) in ONE_BACKBONE}
+            for key, value in (own if has_mask_backbone(new.heads) else ONE_BACKBONE).items():
                 if key not in values:
                     setattr(new, key, value)
         problems += [f"{source}: {p}" for p in new._value_problems()] if not problems else []

@@ -107,3 +107,9 @@ def test_one_backbone_heads_take_the_one_backbone_mask_keys_unless_given():
     # one given for a model that has the backbone keeps its value; a later override of another key changes nothing
     cfg = load_config(None, ["heads=separate", "mask_size=96"])
     assert cfg.mask_size == 96 and cfg.mask_view == "reframe" and cfg.updated({"epochs": 2}).mask_size == 96
+    # heads of the same kind again leave the mask keys alone; the other kind and back gives the defaults back
+    assert cfg.updated({"heads": "mask_apart"}).mask_size == 96
+    from mcls.config import Config
+
+    back = Config().updated({"heads": "multi"}).updated({"heads": "mask_apart"})
+    assert {k: getattr(back, k) for k in ONE_BACKBONE} == {k: getattr(Config(), k) for k in ONE_BACKBONE}
