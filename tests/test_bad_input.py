@@ -99,7 +99,7 @@ def test_checkpoint_from_another_backbone_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"best.pt: weights do not fit backbone 'test_resnet'"):
         load_checkpoint(ckpt)
     weights = tmp_path / "other.pth"
-    torch.save(create_model("test_resnet", pretrained="none").backbone.state_dict(), weights)
+    torch.save(create_model("test_resnet", pretrained="none").face_backbone().state_dict(), weights)
     with pytest.raises(ValueError, match="other.pth"):
         create_model("test_efficientnet", pretrained=str(weights))
 

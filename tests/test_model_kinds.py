@@ -8,7 +8,7 @@ from mcls.analysis.cam import cam_maps
 from mcls.config import Config
 from mcls.labels import HEAD_SIZES, NUM_CLASSES
 from mcls.model.checkpoint import load_checkpoint, save_best
-from mcls.model.classifier import TASK_BACKBONES, class_log_probs, model_from_config
+from mcls.model.classifier import class_log_probs, model_from_config
 from mcls.runtime.device import Runtime, seed_everything
 from mcls.train.steps import train_one_epoch
 from mcls.train.losses import TaskLoss
@@ -53,10 +53,8 @@ def test_a_model_kind_trains_a_step_reloads_to_the_same_predictions_and_has_a_ca
                             Runtime.from_config(cfg), mixer=mixer, mask_view=view)
     assert np.isfinite(stats["train_loss"])
     moved = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
-    if heads in TASK_BACKBONES:  # the step reached every backbone
-        assert {k.split(".")[1] for k in moved if k.startswith("backbones.")} == set(TASK_BACKBONES[heads].values())
-    else:
-        assert any(k.startswith("backbone.") for k in moved)
+    # the step reached every backbone of the model's table
+    assert {k.split(".")[1] for k in moved if k.startswith("backbones.")} == set(model.groups.values())
 
     save_best(tmp_path / "best.pt", model, cfg, {"epoch": 1})
     loaded, saved = load_checkpoint(tmp_path / "best.pt")
@@ -100,7 +98,7 @@ def test_one_backbone_heads_take_the_one_backbone_mask_keys_unless_given():
     for heads in ("multi", "single"):
         cfg = load_config(None, [f"heads={heads}"])
         assert {k: getattr(cfg, k) for k in ONE_BACKBONE} == ONE_BACKBONE
-        assert model_from_config(cfg.updated({"backbone": "test_efficientnet", "pretrained": "none"})).backbone
+        assert model_from_config(cfg.updated({"backbone": "test_efficientnet", "pretrained": "none"})).backbones["all"]
     # a mask key given with such heads means something that cannot act: refused, naming it
     with pytest.raises(ConfigError, match="mask_view='reframe' needs a mask backbone of its own"):
         load_config(None, ["heads=multi", "mask_view=reframe"])
@@ -113,3 +111,19 @@ def test_one_backbone_heads_take_the_one_backbone_mask_keys_unless_given():
 
     back = Config().updated({"heads": "multi"}).updated({"heads": "mask_apart"})
     assert {k: getattr(back, k) for k in ONE_BACKBONE} == {k: getattr(Config(), k) for k in ONE_BACKBONE}
+
+
+def test_every_kind_is_one_table_over_one_module_dict_and_old_one_backbone_checkpoints_load():
+    from mcls.model.classifier import create_model
+
+    for heads in ("multi", "single", "mask_apart", "separate"):
+        model = create_model("test_efficientnet", heads=heads, pretrained="none")
+        assert set(model.groups.values()) == set(model.backbones) and not hasattr(model, "backbone")
+    model = create_model("test_efficientnet", heads="multi", pretrained="none")
+    assert model.groups == {"mask": "all", "gender": "all", "age": "all"}
+    # a checkpoint written before the one table named the network `backbone.`
+    old = {k.replace("backbones.all.", "backbone."): v for k, v in model.state_dict().items()}
+    assert any(k.startswith("backbone.") for k in old)
+    again = create_model("test_efficientnet", heads="multi", pretrained="none")
+    again.load_state_dict(old)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())

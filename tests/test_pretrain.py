@@ -42,7 +42,7 @@ def test_pretrained_weights_start_the_face_tasks_and_leave_the_mask_task_alone(t
         for p in donor.parameters():
             p.add_(1.0)  # unlike any fresh start
     path = tmp_path / "face.pt"
-    torch.save({"backbone_name": cfg.backbone, "backbone": donor.backbone.state_dict(),
+    torch.save({"backbone_name": cfg.backbone, "backbone": donor.face_backbone().state_dict(),
                 "heads": {h: donor.heads[h].state_dict() for h in ("gender", "age")}}, path)
     model = model_from_config(cfg)
     before = _state(model)
@@ -50,10 +50,10 @@ def test_pretrained_weights_start_the_face_tasks_and_leave_the_mask_task_alone(t
     after = _state(model)
     face_heads = [h for h in ("gender", "age") if h in model.heads]
     for h in face_heads:
-        assert _same(model.backbone_for(h).state_dict(), donor.backbone.state_dict())
+        assert _same(model.backbone_for(h).state_dict(), donor.face_backbone().state_dict())
         assert _same(model.heads[h].state_dict(), donor.heads[h].state_dict())
     if heads == "single":  # the 18-way head mixes the mask state in: only the backbone starts pretrained
-        assert _same(model.backbone.state_dict(), donor.backbone.state_dict())
+        assert _same(model.face_backbone().state_dict(), donor.face_backbone().state_dict())
         assert _same({k: after[k] for k in after if k.startswith("heads.")},
                      {k: before[k] for k in before if k.startswith("heads.")})
     else:
@@ -65,7 +65,7 @@ def test_a_backbone_of_another_architecture_is_refused_naming_the_file(tmp_path)
     cfg = Config(**TINY)
     other = model_from_config(cfg.updated({"heads": "multi", "backbone": "mobilenetv2_050"}))
     path = tmp_path / "face.pt"
-    torch.save({"backbone_name": "mobilenetv2_050", "backbone": other.backbone.state_dict(), "heads": {}}, path)
+    torch.save({"backbone_name": "mobilenetv2_050", "backbone": other.face_backbone().state_dict(), "heads": {}}, path)
     with pytest.raises(ValueError, match=r"face\.pt: a pretrained mobilenetv2_050 backbone does not fit"):
         load_face_weights(model_from_config(cfg), path)
 

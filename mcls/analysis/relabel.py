@@ -146,12 +146,12 @@ def embed(paths, backbone: str = "tf_efficientnet_lite0", size: int = 224, devic
     rt = Runtime(device)
     model = rt.prepare(create_model(backbone, pretrained="offline", drop_rate=0.0)).eval()
     images, bad = load_images(paths, size, on_bad_image="skip", crop=crop)
-    out = []
+    out, net = [], model.face_backbone()
     with torch.no_grad():
         for start in progress(range(0, len(images), batch_size), desc="embed"):
             x = rt.to_input(torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2))
             with rt.autocast():
-                f = model.backbone(model.normalise(x)) + model.backbone(model.normalise(x.flip(-1)))
+                f = net(model.normalise(x)) + net(model.normalise(x.flip(-1)))
             out.append((f / 2).float().cpu().numpy())
     return np.concatenate(out), bad
 

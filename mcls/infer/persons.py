@@ -33,7 +33,8 @@ def face_embeddings(images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     net = _embedding_net()
     rows = max(8, int(round(images.shape[1] * UPPER_SHARE)))
     top = torch.from_numpy(np.ascontiguousarray(images[:, :rows])).permute(0, 3, 1, 2)
-    feats = torch.cat([net.backbone(net.normalise(top[i:i + batch_size])) for i in range(0, len(top), batch_size)])
+    face = net.face_backbone()
+    feats = torch.cat([face(net.normalise(top[i:i + batch_size])) for i in range(0, len(top), batch_size)])
     feats = feats.numpy() - feats.numpy().mean(0)
     return feats / (np.linalg.norm(feats, axis=1, keepdims=True) + 1e-6)
 

@@ -76,7 +76,7 @@ FACE_HEADS = ("gender", "age", "age_band", "age_dist")
 
 def face_weights(model, backbone_name: str) -> dict:
     """What a face-weights file holds: the face backbone's and face heads' state dicts, on the CPU."""
-    return {"backbone_name": backbone_name, "backbone": _cpu(model.backbone.state_dict()),
+    return {"backbone_name": backbone_name, "backbone": _cpu(model.face_backbone().state_dict()),
             "heads": {h: _cpu(model.heads[h].state_dict()) for h in FACE_HEADS if h in model.heads}}
 
 

@@ -28,6 +28,9 @@ TASK_BACKBONES = {
     # backbone at img_size: the mask task's view and mixing help it and would cost gender and age on a shared one
     "mask_apart": {"mask": "mask", "gender": "face", "age": "face"},
 }
+# Every model is such a table over one ModuleDict; a one-backbone model is the table with one entry.
+SHARED = "all"
+ONE_BACKBONE_TASKS = {"multi": {t: SHARED for t in TASKS}, "single": {"class": SHARED}}
 
 
 AGE_HEADS = ("band", "dist", "both")
@@ -49,8 +52,9 @@ class MaskClassifier(nn.Module):
     """Takes images as uint8 or float in [0, 1], NCHW; returns a dict of logits per head.
 
     heads="multi": {"mask": (N,3), "gender": (N,2), "age": (N,3)} from one backbone; heads="single":
-    {"class": (N,18)}; heads="separate" and "mask_apart": the multi outputs from several backbones (`backbones`,
-    keyed by the names in TASK_BACKBONES: one per task, or the mask task's and a "face" one for gender and age);
+    {"class": (N,18)}; heads="separate" and "mask_apart": the multi outputs from several backbones. Every kind is
+    one table, `groups` (task -> backbone name), over one ModuleDict `backbones`: {"all": net} for one backbone,
+    else keyed by the names in TASK_BACKBONES (one per task, or the mask task's and a "face" one for gender and age);
     the mask one may be another architecture and see the image at `mask_size` px, since mask state needs far less
     detail than age. With an exact-age head (age_head dist or both) the outputs add "age_dist"
     (N, AGE_BINS) logits over years (and "age_band", the 3-way logits, for both); "age" is then the band
@@ -64,20 +68,16 @@ class MaskClassifier(nn.Module):
             raise ValueError(f"unknown heads {heads!r}; valid: {HEAD_TYPES}")
         if age_head not in AGE_HEADS or (heads == "single" and age_head != "band"):
             raise ValueError(f"age_head {age_head!r} is not one of {AGE_HEADS} (an exact-age head needs three heads)")
-        groups = TASK_BACKBONES.get(heads)
-        if groups is not None and (not isinstance(backbone, dict) or set(backbone) != set(groups.values())):
-            raise ValueError(f"heads={heads!r} takes a dict of backbones keyed {sorted(set(groups.values()))}")
-        if groups is None and isinstance(backbone, dict):
-            raise ValueError(f"heads={heads!r} takes one backbone, not a dict")
+        self.groups = {**ONE_BACKBONE_TASKS, **TASK_BACKBONES}[heads]
+        nets = backbone if isinstance(backbone, dict) else {SHARED: backbone}
+        if set(nets) != set(self.groups.values()):
+            raise ValueError(f"heads={heads!r} takes backbones keyed {sorted(set(self.groups.values()))}, got "
+                             f"{sorted(nets)}")
         self.head_type, self.age_head, self.mask_size = heads, age_head, mask_size
-        self.groups = groups
-        if groups is not None:
-            self.backbones = nn.ModuleDict(backbone)
-        else:
-            self.backbone = backbone
+        self.backbones = nn.ModuleDict(nets)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        if groups is not None:  # the mask backbone may have been trained with another normalisation
+        if "mask" in self.backbones:  # the mask backbone may have been trained with another normalisation
             m, sd = mask_norm or (mean, std)
             self.register_buffer("mask_mean", torch.tensor(m, dtype=torch.float32).view(1, 3, 1, 1))
             self.register_buffer("mask_std", torch.tensor(sd, dtype=torch.float32).view(1, 3, 1, 1))
@@ -90,38 +90,39 @@ class MaskClassifier(nn.Module):
         self.heads = nn.ModuleDict({k: nn.Linear(self.backbone_for(k).num_features, n) for k, n in sizes.items()})
         # derived from the config stored beside the weights, so not part of the state dict
         self.register_buffer("bin_band", age_bin_bands(age_bounds), persistent=False)
+        self.register_load_state_dict_pre_hook(_one_table)
 
     def task_of(self, head: str) -> str:
-        """Which features a head reads: "all" from a shared backbone, else its backbone's name ("age_dist" reads
-        the age task's)."""
-        if self.groups is None:
-            return "all"
-        return self.groups.get("age" if head.startswith("age") else head, head)
+        """The name of the backbone whose features a head reads ("age_dist" and "age_band" read the age task's;
+        any head of a one-backbone model, "class" included, reads the shared one)."""
+        name = self.groups.get("age" if head.startswith("age") else head)
+        return name or (SHARED if SHARED in self.backbones else head)
 
     def backbone_for(self, head: str) -> nn.Module:
         """The backbone whose features a head reads."""
         task = self.task_of(head)
-        if task == "all":
-            return self.backbone
         if task not in self.backbones:
             raise ValueError(f"a model of several backbones (heads={self.head_type!r}) has one for each of the "
                              f"tasks {TASKS}, none for {head!r}: pick one of those heads")
         return self.backbones[task]
 
+    def face_backbone(self) -> nn.Module:
+        """The backbone gender and age read (the shared one of a one-backbone model)."""
+        return self.backbone_for("gender" if "gender" in self.groups else "class")
+
     def normalise(self, x: torch.Tensor, task: str = "") -> torch.Tensor:
         x = unit_float(x)
-        if task == "mask" and self.groups is not None:
+        if task == "mask" and "mask" in self.backbones:
             return (x - self.mask_mean) / self.mask_std
         return (x - self.mean) / self.std
 
     def features(self, x: torch.Tensor, task_inputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Pooled features per task ("all" for a shared backbone); `task_inputs` gives a task its own batch in
-        place of x (training mixes the mask task's images only, train.mixing)."""
-        if self.groups is None:
-            if task_inputs:
-                raise ValueError(f"per-task inputs {sorted(task_inputs)} need a mask backbone of its own "
-                                 f"(heads='separate' or 'mask_apart')")
-            return {"all": self.dropout(self.backbone(self.normalise(x)))}
+        """Pooled features per backbone name; `task_inputs` gives a backbone its own batch in place of x (training
+        mixes the mask task's images only, train.mixing)."""
+        stray = sorted(set(task_inputs or {}) - set(self.backbones))
+        if stray:
+            raise ValueError(f"per-task inputs {stray} need a mask backbone of its own (heads='separate' or "
+                             f"'mask_apart')")
         out = {}
         for task, net in self.backbones.items():
             xt = self.normalise((task_inputs or {}).get(task, x), task)
@@ -142,6 +143,14 @@ class MaskClassifier(nn.Module):
                 p_band = (p_band + out["age_band"].float().softmax(-1)) / 2
             out["age"] = p_band.clamp_min(1e-8).log()
         return out
+
+
+def _one_table(module, state_dict, prefix, *args) -> None:
+    """Checkpoints from before the one table (until 2026-12-07) kept a one-backbone model's network as `backbone.`:
+    their weights load as its one entry."""
+    old = f"{prefix}backbone."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[f"{prefix}backbones.{SHARED}.{key[len(old):]}"] = state_dict.pop(key)
 
 
 _MASK, _GENDER, _AGE = (torch.as_tensor(a) for a in decode(torch.arange(NUM_CLASSES).numpy()))
@@ -202,7 +211,7 @@ def create_model(backbone: str = "tf_efficientnet_lite0", heads: str = "multi", 
     """
     if heads not in TASK_BACKBONES:
         net, mean, std = _timm_backbone(backbone, pretrained)
-        return MaskClassifier(net, heads, mean, std, drop_rate, age_head, age_bounds)
+        return MaskClassifier({SHARED: net}, heads, mean, std, drop_rate, age_head, age_bounds)
     nets, norms = {}, {}
     for key in dict.fromkeys(TASK_BACKBONES[heads].values()):
         name = mask_backbone if key == "mask" and mask_backbone else backbone
