@@ -66,6 +66,8 @@ class Config:
     train_old_age: int = 60  # training-only edge of the oldest band (58/59 trick); never used for validation
     near_edge_drop: int = 0  # training drops ages this many years below each edge (3: 27-29 and 57-59); 0 = none
     on_bad_image: str = one_of("error", "skip")
+    # a photo whose header claims more is refused before decoding (a "decompression bomb"); Pillow's own cap is 178
+    max_image_megapixels: float = 64.0
     crop: str = one_of("none", "mtcnn")  # mtcnn: face crops, cached; prediction applies the run's crop too
     crop_margin: float = 0.1  # crop = face box + this fraction of its size on every side ...
     crop_chin: float = 0.2  # ... and this much more below, so a mask pulled down to the chin stays in
@@ -213,6 +215,9 @@ class Config:
         for key in ("epochs", "batch_size", "patience", "cam_images"):
             if getattr(self, key) < 1:
                 out.append(f"{key}={getattr(self, key)} must be at least 1")
+        if not 0 < self.max_image_megapixels <= 178:
+            out.append(f"max_image_megapixels={self.max_image_megapixels} must be in (0, 178]: Pillow itself refuses "
+                       "larger images")
         if self.img_size < 32:  # five stride-2 stages leave nothing of a smaller image
             out.append(f"img_size={self.img_size} must be at least 32 pixels")
         if not self.lr > 0:  # lr=0 would train a whole run whose weights never move
@@ -303,6 +308,10 @@ class Config:
         """A YAML file of config keys, or the name of a preset shipped in mcls/presets (e.g. "quality")."""
         path, values = read_yaml_keys(path)
         return cls.from_dict(values, source=str(path))
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_image_megapixels * 10**6)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -318,14 +318,21 @@ def test_an_info_csv_with_a_header_only_is_one_sentence(run_copy, sample_copy, c
     assert code == 2 and "info.csv" in err and "lists no images (a header only)" in err
 
 
-def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
-    import mcls.data.images as images
+def test_a_decompression_bomb_is_refused_from_its_header_and_the_limit_is_a_key(tmp_path, sample_copy, capsys):
+    from mcls.config import Config
     from mcls.data.images import BadImageError, decode_image
 
-    monkeypatch.setattr(images, "MAX_PIXELS", 100 * 100)  # the real limit, 64 MP, in miniature
     Image.new("L", (200, 200)).save(tmp_path / "bomb.png")
-    with pytest.raises(BadImageError, match=r"bomb.png: 200x200 pixels is more than"):
-        decode_image(tmp_path / "bomb.png")
+    with pytest.raises(BadImageError, match=r"bomb.png: 200x200 pixels is more than the 0.01 megapixels accepted for "
+                                            r"one face photo \(max_image_megapixels\); resize it, leave it out, or "
+                                            r"raise max_image_megapixels"):
+        decode_image(tmp_path / "bomb.png", max_pixels=Config(max_image_megapixels=0.01).max_pixels)
+    # the key reaches the data check: the sample's 200 x 200 photos over a tiny limit are counted unreadable
+    with pytest.raises(SystemExit):  # the check fails where photos cannot be read
+        main(["check", f"data_dir={sample_copy}", "max_image_megapixels=0.01"])
+    assert "336 training images, 21 eval images, 357 unreadable" in capsys.readouterr().out
+    code, err = cli(capsys, "check", f"data_dir={sample_copy}", "max_image_megapixels=500")
+    assert code == 2 and "max_image_megapixels=500.0 must be in (0, 178]" in err
 
 
 def _png_header(path, width, height):

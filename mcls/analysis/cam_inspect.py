@@ -107,7 +107,8 @@ def _load_as_trained(paths, cfg, device: str) -> np.ndarray:
     from mcls.data.faces import CropSettings
     from mcls.data.cache import load_images
 
-    return load_images(paths, cfg.img_size, crop=CropSettings.from_config(cfg, device=device))[0]
+    return load_images(paths, cfg.img_size, crop=CropSettings.from_config(cfg, device=device),
+                       max_pixels=cfg.max_pixels)[0]
 
 
 def inspect_run(run_dir: str | Path, data_dir: str | Path | None = None, method: str = "gradcam", n: int = 16,

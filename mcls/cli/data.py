@@ -26,7 +26,7 @@ def cmd_check(args) -> None:
     cfg = config_of(args)
     table = load_train_table(cfg.data_dir, cfg.age_bounds, cfg.train_old_age, cfg.relabel_file or None)
     info = load_eval_table(cfg.data_dir)
-    _, bad = load_images(list(table["path"]) + list(info["path"]), 32, on_bad_image="skip")
+    _, bad = load_images(list(table["path"]) + list(info["path"]), 32, on_bad_image="skip", max_pixels=cfg.max_pixels)
     print(f"{cfg.data_dir}: {table['person'].nunique()} persons, {len(table)} training images, "
           f"{len(info)} eval images, {len(bad)} unreadable")
     if bad:

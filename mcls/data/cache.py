@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from mcls.data.faces import crop_paths
-from mcls.data.images import BadImageError, load_resized
+from mcls.data.images import MAX_PIXELS, BadImageError, load_resized
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when decoding or resizing changes what the same inputs produce
 
 
-def cache_key(paths, size: int, crop) -> str:
+def cache_key(paths, size: int, crop, max_pixels: int = MAX_PIXELS) -> str:
     files = []
     for p in paths:
         try:
@@ -34,8 +34,12 @@ def cache_key(paths, size: int, crop) -> str:
             files.append((str(p), -1, -1))  # missing now; decoding reports it
     crop_key = None
     if crop is not None:  # where crops are computed, or cached, does not change them
-        crop_key = {k: v for k, v in dataclasses.asdict(crop).items() if k not in ("device", "batch_size", "cache_dir")}
-    blob = json.dumps({"v": CACHE_VERSION, "size": size, "crop": crop_key, "files": files}).encode()
+        crop_key = {k: v for k, v in dataclasses.asdict(crop).items()
+                    if k not in ("device", "batch_size", "cache_dir", "max_pixels")}
+    inputs = {"v": CACHE_VERSION, "size": size, "crop": crop_key, "files": files}
+    if max_pixels != MAX_PIXELS:  # another limit may refuse other files; the usual one keeps the keys already made
+        inputs["max_pixels"] = max_pixels
+    blob = json.dumps(inputs).encode()
     return hashlib.sha1(blob).hexdigest()[:20]
 
 
@@ -55,23 +59,24 @@ def _read_entry(array_file: Path, meta_file: Path, n: int, size: int):
     return images, list(bad)
 
 
-def cached_images(paths, size: int, on_bad_image: str = "error", crop=None, cache_dir: str | Path = ""):
+def cached_images(paths, size: int, on_bad_image: str = "error", crop=None, cache_dir: str | Path = "",
+                  max_pixels: int = MAX_PIXELS):
     """load_images, through the cache in `cache_dir` ("" = no cache). Returns (array, bad indices); a cached
     array is a read-only memory map. Bad files are remembered, and raise again under on_bad_image=error."""
     paths = [str(p) for p in paths]
     if not cache_dir:
-        return load_images(paths, size, on_bad_image, crop=crop)
+        return load_images(paths, size, on_bad_image, crop=crop, max_pixels=max_pixels)
     cache_dir = Path(cache_dir)
-    key = cache_key(paths, size, crop)
+    key = cache_key(paths, size, crop, max_pixels)
     array_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     cached = _read_entry(array_file, meta_file, len(paths), size)
     if cached is not None:
         images, bad = cached
         if bad and on_bad_image == "error":  # raises with each file's own problem
-            load_images([paths[i] for i in bad], size, "error", crop=crop)
+            load_images([paths[i] for i in bad], size, "error", crop=crop, max_pixels=max_pixels)
         log.info("images: %d from cache %s", len(paths), array_file)
         return images, bad
-    images, bad = load_images(paths, size, on_bad_image, crop=crop)  # raises before caching under "error"
+    images, bad = load_images(paths, size, on_bad_image, crop=crop, max_pixels=max_pixels)  # raises before caching
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = array_file.with_name(f".{array_file.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
@@ -83,7 +88,8 @@ def cached_images(paths, size: int, on_bad_image: str = "error", crop=None, cach
     return images, bad
 
 
-def load_images(paths, size: int, on_bad_image: str = "error", threads: int = 4, crop=None):
+def load_images(paths, size: int, on_bad_image: str = "error", threads: int = 4, crop=None,
+                max_pixels: int = MAX_PIXELS):
     """Decodes every path once into one (N, size, size, 3) uint8 array, face-cropped first when `crop` (a
     faces.CropSettings, e.g. CropSettings.from_config(cfg)) is given.
 
@@ -101,7 +107,7 @@ def load_images(paths, size: int, on_bad_image: str = "error", threads: int = 4,
 
     def work(i):
         try:
-            out[i] = load_resized(paths[i], size, boxes[i])
+            out[i] = load_resized(paths[i], size, boxes[i], max_pixels)
         except BadImageError as err:
             errors[i] = str(err)
 

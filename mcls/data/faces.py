@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from mcls.data.images import BadImageError, crop_array, decode_image, load_resized
+from mcls.data.images import MAX_PIXELS, BadImageError, crop_array, decode_image, load_resized
 from mcls.io import file_digest, write_text
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class CropSettings:
     cache_dir: str = ".cache/mcls/crops"  # "" = no disk cache
     device: str = "auto"
     batch_size: int = 16
+    max_pixels: int = MAX_PIXELS  # a larger photo is refused from its header (images.decode_image)
 
     @classmethod
     def from_config(cls, cfg, device: str | None = None) -> "CropSettings | None":
@@ -51,7 +52,8 @@ class CropSettings:
         if cfg.crop == "none":
             return None
         return cls(margin=cfg.crop_margin, chin=cfg.crop_chin, min_confidence=cfg.crop_min_confidence,
-                   fallback=cfg.crop_fallback, cache_dir=cfg.crop_cache, device=device or cfg.device)
+                   fallback=cfg.crop_fallback, cache_dir=cfg.crop_cache, device=device or cfg.device,
+                   max_pixels=cfg.max_pixels)
 
 
 # ---------------------------------------------------------------------------------------------- detection
@@ -125,7 +127,7 @@ def detect_faces(paths, settings: CropSettings = CropSettings()) -> list[dict]:
             except (OSError, ValueError):
                 pass  # a damaged entry is recomputed and rewritten
         try:
-            arr = decode_image(path)
+            arr = decode_image(path, settings.max_pixels)
         except BadImageError as err:
             records[i] = {"error": str(err)}
             continue
@@ -224,7 +226,8 @@ def detection_rate(report: pd.DataFrame) -> float:
 def cropped(path, settings: CropSettings = CropSettings(), size: int | None = None) -> np.ndarray:
     """One image's crop as RGB uint8 (resized to size x size when given), for notebooks and before/after views."""
     box, _ = crop_box(detect_faces([path], settings)[0], settings)
-    return crop_array(decode_image(path), box) if size is None else load_resized(path, size, box)
+    return (crop_array(decode_image(path, settings.max_pixels), box) if size is None
+            else load_resized(path, size, box, settings.max_pixels))
 
 
 def settings_dict(settings: CropSettings) -> dict:

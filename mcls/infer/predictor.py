@@ -88,7 +88,7 @@ def predict_paths(paths, serving: Serving, device: str = "auto", batch_size: int
         models, cfg = load_ensemble(checkpoints, rt.device)
         # the run's own crop settings: a model trained on face crops must see face crops
         images, missing = cached_images(paths, cfg.img_size, on_bad_image, CropSettings.from_config(cfg, device=device),
-                                        cfg.image_cache)
+                                        cfg.image_cache, cfg.max_pixels)
         probs.append(predict_dataset([rt.prepare(m) for m in models], ImageArrayDataset(images), rt,
                                      batch_size or rt.eval_batch(cfg.batch_size), tta=serving.tta))
         bad.update(missing)

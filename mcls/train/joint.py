@@ -22,7 +22,8 @@ def joint_faces(cfg: Config, run: Run) -> tuple[np.ndarray, np.ndarray]:
     """(images, targets) of the external faces the run's leak guard kept (<run>/external/external_kept.csv, written
     by pretrain.prepare_external), framed by the run's own crop; their mask and label targets are -1."""
     rows = with_targets(pd.read_csv(run.external_dir / "external_kept.csv"), cfg, mask=-1)
-    images, bad = cached_images(rows["path"], cfg.img_size, "skip", CropSettings.from_config(cfg), cfg.image_cache)
+    images, bad = cached_images(rows["path"], cfg.img_size, "skip", CropSettings.from_config(cfg), cfg.image_cache,
+                                cfg.max_pixels)
     if bad:  # the guard left out what it could not read: these broke since, and are said
         log.warning("joint training skips %d external face%s that cannot be read now: %s", len(bad),
                     "s" * (len(bad) != 1), ", ".join(rows["path"].iloc[bad[:3]]) + (" ..." if len(bad) > 3 else ""))

@@ -113,7 +113,7 @@ def pretrained(cfg: Config, run: Run, rows: pd.DataFrame) -> dict:
         record.update(entry, from_cache=str(cached))
         log.info("pretrained face backbone from the cache: %s", cached)
     else:
-        images, bad = cached_images(rows["path"], cfg.img_size, "skip", crop, cfg.image_cache)
+        images, bad = cached_images(rows["path"], cfg.img_size, "skip", crop, cfg.image_cache, cfg.max_pixels)
         keep = np.setdiff1d(np.arange(len(rows)), bad)
         trained = pretrain(cfg, rows.iloc[keep].reset_index(drop=True), np.asarray(images)[keep] if bad else images)
         record.update(trained["record"], n_unreadable=len(bad))

@@ -44,7 +44,8 @@ def unlabelled_images(cfg: Config, val_images: np.ndarray) -> np.ndarray:
     if cfg.pseudo_label == "validation":
         return val_images
     info = load_eval_table(cfg.data_dir)
-    images, bad = cached_images(info["path"], cfg.img_size, "skip", CropSettings.from_config(cfg), cfg.image_cache)
+    images, bad = cached_images(info["path"], cfg.img_size, "skip", CropSettings.from_config(cfg), cfg.image_cache,
+                                cfg.max_pixels)
     return images[np.setdiff1d(np.arange(len(images)), bad)]
 
 

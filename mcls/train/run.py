@@ -33,7 +33,7 @@ def load_training_data(cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
     crop = CropSettings.from_config(cfg)
     if not distributed.is_main():  # rank 0 decodes into the cache first; the others then read its memory map
         distributed.barrier()
-    images, bad = cached_images(table["path"], cfg.img_size, cfg.on_bad_image, crop, cfg.image_cache)
+    images, bad = cached_images(table["path"], cfg.img_size, cfg.on_bad_image, crop, cfg.image_cache, cfg.max_pixels)
     if distributed.is_main():
         distributed.barrier()
     if bad:
