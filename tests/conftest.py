@@ -1,5 +1,6 @@
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,29 @@ def sample_copy(tmp_path) -> Path:
     for p in dst.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
     return dst
+
+
+@pytest.fixture
+def mcls_cli(capsys):
+    """`mcls ...` run in this process, as a completed process (returncode, stdout, stderr): the command line's own
+    parsing and error handling without paying a fresh interpreter and torch import for every call (the subprocess
+    path is tested in test_cli.py)."""
+    import subprocess
+
+    from mcls.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args]) or 0
+        except SystemExit as done:  # argparse's refusals and `mcls check`'s failure
+            code = done.code if isinstance(done.code, int) else 1
+            if isinstance(done.code, str):  # what the interpreter would print on its way out
+                print(done.code, file=sys.stderr)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 @pytest.fixture(scope="session")

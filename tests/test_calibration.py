@@ -1,12 +1,10 @@
 """Age-band calibration: fitted on out-of-fold predictions only, measured nested, applied where it was fitted."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, SAMPLE, TINY
+from conftest import SAMPLE, TINY
 
 from mcls.config import Config
 from mcls.infer.calibration import apply_age_bias, fit_age_bias
@@ -110,13 +108,11 @@ def test_prediction_applies_the_runs_calibration(two_fold_run, tmp_path):
         write_submission(SAMPLE, run, out=tmp_path / "unshared.csv", overrides={"person_consistent": False})
 
 
-def test_calibrate_command_refits_and_single_fold_runs_are_left_alone(two_fold_run, trained_run):
+def test_calibrate_command_refits_and_single_fold_runs_are_left_alone(two_fold_run, trained_run, mcls_cli):
     run, summary = two_fold_run
     (run / FILE).unlink()
-    r = subprocess.run([sys.executable, "-m", "mcls", "calibrate", "--run", str(run)], capture_output=True,
-                       text=True, cwd=ROOT, timeout=120)
+    r = mcls_cli("calibrate", "--run", run)
     assert r.returncode == 0, r.stderr
     assert json.loads((run / FILE).read_text())["age_log_bias"] == summary["cal_age_log_bias"]
-    r = subprocess.run([sys.executable, "-m", "mcls", "calibrate", "--run", str(trained_run)], capture_output=True,
-                       text=True, cwd=ROOT, timeout=120)
+    r = mcls_cli("calibrate", "--run", trained_run)
     assert r.returncode != 0 and "2 or more folds" in r.stderr and not (trained_run / FILE).exists()

@@ -1,12 +1,10 @@
 """The suspect finder on a sample copy with planted errors, and decisions that round-trip through the relabel file."""
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, SAMPLE
+from conftest import SAMPLE
 
 from mcls.analysis.relabel import PROB_COLUMNS, find_suspects, load_oof, person_strip, run_finder
 from mcls.analysis.relabel_decisions import apply_decisions, decide, record_decision
@@ -159,13 +157,12 @@ def test_bad_decisions_never_reach_the_log(tmp_path):
     assert log.read_bytes() == before
 
 
-def test_relabel_command_queue_and_apply(planted, tmp_path):
+def test_relabel_command_queue_and_apply(planted, tmp_path, mcls_cli):
     _, table, _, _, _, out = planted
     data = Path(table["path"][0]).parents[3]
 
     def mcls(*args):
-        return subprocess.run([sys.executable, "-m", "mcls", "relabel", *args], capture_output=True, text=True,
-                              cwd=ROOT, timeout=120)
+        return mcls_cli("relabel", *args)
 
     r = mcls(f"data_dir={data}", "--run", str(out / "oof.csv"), "--out", str(tmp_path / "q"))
     assert r.returncode == 0, r.stderr

@@ -1,21 +1,15 @@
 """How a run is served: resolved once from the run's config plus the overrides given, the same from every door."""
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, SAMPLE, TINY
+from conftest import SAMPLE, TINY
 
 from mcls.config import Config, ConfigError
 from mcls.infer.serving import SERVING_KEYS, Serving
 from mcls.labels import PROB_COLUMNS
 from mcls.runs.layout import FLIP_COLUMNS, Run
 
-
-def mcls(*args):
-    return subprocess.run([sys.executable, "-m", "mcls", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +47,23 @@ def test_a_fold_keeps_both_views_and_serves_each_policy_from_them(no_tta_run):
     assert list(oof) == [0] and np.allclose(oof[0].probs, plain)
 
 
-def test_the_tta_key_and_the_tta_switch_give_the_same_file(no_tta_run, tmp_path):
+def test_the_tta_key_and_the_tta_switch_give_the_same_file(no_tta_run, tmp_path, mcls_cli):
     folder = SAMPLE / "eval" / "images"
     by_key, by_switch, on = (tmp_path / f"{n}.csv" for n in ("key", "switch", "on"))
     for args, out in ((["tta=true", "person_consistent=false"], by_key), (["--tta", "on", "--persons", "off"], by_switch),
                       (["tta=false", "person_consistent=false"], on)):
-        r = mcls("predict", "--run", no_tta_run, "--folder", folder, "--out", out, *args)
+        r = mcls_cli("predict", "--run", no_tta_run, "--folder", folder, "--out", out, *args)
         assert r.returncode == 0, r.stderr
     assert by_key.read_text() == by_switch.read_text()
     # and the key acts: TTA on differs from the run's own serving (trained without TTA)
     assert not np.allclose(pd.read_csv(by_key)[PROB_COLUMNS].to_numpy(), pd.read_csv(on)[PROB_COLUMNS].to_numpy())
 
 
-def test_predict_refuses_keys_that_mean_nothing_to_prediction(no_tta_run, tmp_path):
-    r = mcls("predict", "--run", no_tta_run, "--out", tmp_path / "s.csv", "epochs=3")
+def test_predict_refuses_keys_that_mean_nothing_to_prediction(no_tta_run, tmp_path, mcls_cli):
+    r = mcls_cli("predict", "--run", no_tta_run, "--out", tmp_path / "s.csv", "epochs=3")
     assert r.returncode == 2 and "epochs" in r.stderr
     assert all(k in r.stderr for k in (*SERVING_KEYS, "data_dir", "device", "on_bad_image"))
-    r = mcls("predict", "--run", no_tta_run, "--out", tmp_path / "s.csv", "--tta", "on", "tta=false")
+    r = mcls_cli("predict", "--run", no_tta_run, "--out", tmp_path / "s.csv", "--tta", "on", "tta=false")
     assert r.returncode == 2 and "--tta on contradicts tta=False" in r.stderr
     assert not (tmp_path / "s.csv").exists()
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from mcls.cli.keys import PREDICT_KEYS, config_of, prediction_keys
 from mcls.config import Config
+from mcls.errors import UserError
 
 
 def cmd_predict(args) -> None:
@@ -14,7 +15,7 @@ def cmd_predict(args) -> None:
     overrides, other = prediction_keys(args, PREDICT_KEYS)
     cfg = Config().updated(other)
     if len(args.run) > 1 and not args.out:
-        raise SystemExit("an ensemble of runs (--run given more than once) needs --out: no single run folder owns it")
+        raise UserError("an ensemble of runs (--run given more than once) needs --out: no single run folder owns it")
     serving = Serving.resolve(args.run, overrides)
     if args.folder:
         out = args.out or str(Path(args.run[0]) / "predictions.csv")

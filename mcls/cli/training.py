@@ -28,7 +28,8 @@ def cmd_calibrate(args) -> None:
     overrides, _ = prediction_keys(args, ())
     fit = calibrate(args.run, overrides)
     if not fit:
-        raise SystemExit(f"{args.run}: calibration needs validation predictions of 2 or more folds")
+        raise UserError(f"{args.run}: calibration needs validation predictions of 2 or more folds (train with "
+                        "fold=-1, or more folds into the same run_dir)")
     print(json.dumps({k: v if isinstance(v, list) else round(v, 4) for k, v in fit.items()}, indent=2))
 
 
