@@ -96,11 +96,14 @@ def test_03_train(tmp_path):
         assert hashlib.sha1((tmp_path / "external" / f"{name}.png").read_bytes()).hexdigest() in images
 
 
-def test_05_submission(trained_run):
-    # the run judged against itself: the comparison's known answer is no difference, with an interval at 0
-    execute("05_submission", trained_run, reference_run=str(trained_run))
-    sub = pd.read_csv(trained_run / "submission.csv")
+def test_05_submission(trained_run, tmp_path):
+    # the run judged against itself: the comparison's known answer is no difference, with an interval at 0; and a
+    # teammate's submission that says "old woman, no mask" everywhere, to show where the two disagree
     info = pd.read_csv(SAMPLE / "eval" / "info.csv")
+    teammate = tmp_path / "teammate.csv"
+    pd.DataFrame({"ImageID": info["ImageID"], "ans": 17}).to_csv(teammate, index=False)
+    execute("05_submission", trained_run, reference_run=str(trained_run), compare_with=str(teammate))
+    sub = pd.read_csv(trained_run / "submission.csv")
     assert list(sub["ImageID"]) == list(info["ImageID"])
     m = metrics(trained_run, "05_submission")
     assert m["rows"] == 21 and sum(m["predicted_class_counts"]) == 21
@@ -109,6 +112,8 @@ def test_05_submission(trained_run):
     shown = "".join(assert_shows_what_it_saved(trained_run, "05_submission"))
     assert "verdict (macro F1): not told apart with 12 persons" in shown
     assert "compare.png" in {p.name for p in (trained_run / "05_submission").glob("*.png")}
+    assert m["disagreements_with"] == str(teammate) and 0 < m["disagreements"] <= 21
+    assert (trained_run / "05_submission" / "disagreements.png").is_file()
 
 
 def test_05_submission_averages_the_runs_ensemble_members(tiny_cfg, tmp_path):
@@ -197,17 +202,6 @@ def test_04_gradcam(trained_run):
     kinds = [("image/png" in o.get("data", {}), "application/vnd.jupyter.widget-view+json" in o.get("data", {}))
              for o in last.outputs]
     assert kinds == [(True, False), (False, True)], kinds
-
-
-def test_05_shows_where_a_teammates_submission_disagrees(trained_run, tmp_path):
-    info = pd.read_csv(SAMPLE / "eval" / "info.csv")
-    teammate = tmp_path / "teammate.csv"
-    pd.DataFrame({"ImageID": info["ImageID"], "ans": 17}).to_csv(teammate, index=False)  # says "old woman, no mask"
-    execute("05_submission", trained_run, compare_with=str(teammate))
-    m = metrics(trained_run, "05_submission")
-    assert m["disagreements_with"] == str(teammate) and 0 < m["disagreements"] <= 21
-    assert (trained_run / "05_submission" / "disagreements.png").is_file()
-    assert_shows_what_it_saved(trained_run, "05_submission")
 
 
 def test_02_face_crop(tmp_path):
