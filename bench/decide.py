@@ -53,25 +53,26 @@ class Decision:
 
 
 DECISIONS = [
-    Decision("serving-tta-persons", "the default served with flip TTA + person sharing, or as is", "default",
-             "default", AS_IS, SERVED, "A"),
-    Decision("serving-tta", "flip TTA alone on the default", "default", "default", AS_IS, TTA, "A"),
-    Decision("serving-persons", "person sharing on top of flip TTA", "default", "default", TTA, SERVED, "A"),
+    Decision("serving-tta-persons", "the default served with flip TTA + person sharing, or as is",
+             "default+served", "default+served", AS_IS, SERVED, "A"),
+    Decision("serving-tta", "flip TTA alone on the default", "default+served", "default+served", AS_IS, TTA, "A"),
+    Decision("serving-persons", "person sharing on top of flip TTA", "default+served", "default+served", TTA, SERVED,
+             "A"),
     Decision("heads", "the mask task's own backbone (heads=mask_apart, the default) or one backbone (multi), on the "
-             "18 classes", "multi-default", "default", SERVED, SERVED, "A",
+             "18 classes", "multi-default", "default+served", SERVED, SERVED, "A",
              "the default keeps mask_apart for real photos' mask state (realmask-dev 0.901 against 0.647), which "
              "this 18-class comparison on synthetic masks does not see"),
     Decision("seed-noise", "the default trained again with train_seed=7 (the same recipe: any difference is training "
-             "noise)", "default", "default+train-seed7", SERVED, SERVED, "A"),
+             "noise)", "default+served", "default+train-seed7", SERVED, SERVED, "A"),
     Decision("serving-seeds", "the default's serving judged over two seeds (their spread counted)",
-             "default,default+train-seed7", "default,default+train-seed7", AS_IS, SERVED, "A"),
+             "default+served,default+train-seed7", "default+served,default+train-seed7", AS_IS, SERVED, "A"),
     Decision("heads-seeds", "mask_apart with two seeds against multi with one", "multi-default",
-             "default,default+train-seed7", SERVED, SERVED, "A"),
+             "default+served,default+train-seed7", SERVED, SERVED, "A"),
     Decision("average-serving", "the default's fold average (two seeds, no scored person trained either) served with "
-             "TTA + person sharing, or as is", "default & default+train-seed7", "default & default+train-seed7", AS_IS,
-             SERVED, "A"),
-    Decision("average-vs-single", "two seeds averaged against one model, both served", "default",
-             "default & default+train-seed7", SERVED, SERVED, "A"),
+             "TTA + person sharing, or as is", "default+served & default+train-seed7",
+             "default+served & default+train-seed7", AS_IS, SERVED, "A"),
+    Decision("average-vs-single", "two seeds averaged against one model, both served", "default+served",
+             "default+served & default+train-seed7", SERVED, SERVED, "A"),
     Decision("external-serving", "the external preset served with TTA + person sharing, or as is", "default+external",
              "default+external", AS_IS, SERVED, "A"),
     Decision("external-joint", "external faces as pretraining or in every fold's batches (joint)", "default+external",

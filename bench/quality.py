@@ -141,7 +141,10 @@ ON_DEFAULT = {
     "default+external-joint": dict(external_data=EXTERNAL, external_training="joint"),
     # the default again on the same folds with another training seed: training noise (mcls compare's seed spread),
     # and with the default, a fold average that no scored person trained (its serving judged as submitted)
-    "default+train-seed7": dict(train_seed=7),
+    "default+train-seed7": dict(train_seed=7, tta=True, person_consistent=True),
+    # the default until 2026-12-07, served (and its epoch chosen) with flip TTA + person sharing: the 5-fold runs
+    # that decided the default's serving (bench/results/decisions.md)
+    "default+served": dict(tta=True, person_consistent=True),
 }
 
 # Averages of variants' validation probabilities (every variant splits its folds with seed 42, so fold k is the same
@@ -218,13 +221,17 @@ def run_folder(name: str, data_dir: str, runs: Path) -> Path:
 # Keys that do not change what a fold trains or how the bench scores it (TTA, person grouping and calibration are
 # scored every way regardless).
 NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "pretrain_cache", "num_workers", "compile", "device", "amp_dtype",
-              "tta", "person_consistent", "calibrate_age", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke",
+              "calibrate_age", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke",
               "reference_run")
 # Keys added to Config after folds were run, at the value that reproduces the old training: left out of the hash
 # at that value, so finished folds stay valid.
 NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none", "train_seed": -1, "members": [], "mask_backbone": "",
            "mask_size": 0, "mix_tasks": "all", "mask_view": "none", "external_data": "", "external_min_age": 18,
-           "external_epochs": 5, "external_threshold": 0.3, "external_training": "pretrain", "external_share": 0.5}
+           "external_epochs": 5, "external_threshold": 0.3, "external_training": "pretrain", "external_share": 0.5,
+           "max_image_megapixels": 64.0,
+           # serving keys that choose the epoch since 2026-12-07 (served_f1): the defaults until then, so the runs
+           # trained with them keep their folders
+           "tta": True, "person_consistent": True}
 
 
 def config_hash(cfg: Config) -> str:

@@ -144,8 +144,10 @@ class Config:
     # --- run ---
     run_dir: str = ""  # "" = runs/<timestamp>
     members: list[str] = field(default_factory=list)  # presets / YAML overrides: more models on these folds, averaged
-    tta: bool = serving(True)  # horizontal-flip test-time augmentation for prediction
-    person_consistent: bool = serving(True)  # share gender/age across images grouped as one person (no ids used)
+    # Off by default, the simpler option: on the default's 5 folds neither told itself apart in macro F1
+    # (bench/results/decisions.md; the rule in docs/quality.md). Both are one key away.
+    tta: bool = serving(False)  # horizontal-flip test-time augmentation for prediction
+    person_consistent: bool = serving(False)  # share gender/age across images grouped as one person (no ids used)
     group_threshold: float = serving(0.4)  # cosine distance under which upper-face embeddings join one person
     face_weight: float = serving(0.0)  # weight of the dlib face expert in the gender and age heads (0 = off; >0 fits one per fold)
     calibrate_age: bool = serving(False)  # fit age-band priors on out-of-fold predictions (2+ folds) and apply them
