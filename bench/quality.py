@@ -141,11 +141,13 @@ ON_DEFAULT = {
     "default+external-joint": dict(external_data=EXTERNAL, external_training="joint"),
     # the default again on the same folds with another training seed: training noise (mcls compare's seed spread),
     # and with the default, a fold average that no scored person trained (its serving judged as submitted)
-    "default+train-seed7": dict(train_seed=7, tta=True, person_consistent=True),
-    # the default until 2026-12-07, served (and its epoch chosen) with flip TTA + person sharing: the 5-fold runs
-    # that decided the default's serving (bench/results/decisions.md)
-    "default+served": dict(tta=True, person_consistent=True),
+    "default+train-seed7": dict(train_seed=7),
+    # the default until 2026-12-08, served (and its epoch chosen) with flip TTA + person sharing: the 5-fold runs
+    # that decided the default's serving (bench/results/decisions.md); "default" is the package's defaults now
+    "default+served": {},
 }
+# The serving keys every ON_DEFAULT variant was trained with (the package's defaults until 2026-12-08)
+SERVED_AS_TRAINED = {"tta": True, "person_consistent": True}
 
 # Averages of variants' validation probabilities (every variant splits its folds with seed 42, so fold k is the same
 # persons in each): what ensembling different models buys, from runs already trained.
@@ -199,7 +201,8 @@ RECIPE = [("plain,multi-default", "all"),
 def variant_config(name: str, data_dir: str, runs: Path) -> Config:
     """The variant's config; a value "@other" names the run folder of variant `other` (a pseudo-label teacher)."""
     if name in ON_DEFAULT:
-        base = dict(ON_DEFAULT[name])
+        # served (and, since 2026-12-07, the epoch chosen) as the defaults of their day: flip TTA + person sharing
+        base = {**SERVED_AS_TRAINED, **ON_DEFAULT[name]}
     elif name in VARIANTS:
         base = {} if VARIANTS[name] is None else {**PLAIN, **VARIANTS[name]}
     else:
@@ -221,17 +224,17 @@ def run_folder(name: str, data_dir: str, runs: Path) -> Path:
 # Keys that do not change what a fold trains or how the bench scores it (TTA, person grouping and calibration are
 # scored every way regardless).
 NOT_HASHED = ("run_dir", "fold", "tracker", "image_cache", "crop_cache", "pretrain_cache", "num_workers", "compile", "device", "amp_dtype",
-              "calibrate_age", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke",
+              "tta", "person_consistent", "calibrate_age", "cam_method", "cam_images", "sync_bn", "relabel_decisions", "smoke",
               "reference_run")
 # Keys added to Config after folds were run, at the value that reproduces the old training: left out of the hash
 # at that value, so finished folds stay valid.
 NEUTRAL = {"wear_per_person": 5, "pseudo_label": "none", "train_seed": -1, "members": [], "mask_backbone": "",
            "mask_size": 0, "mix_tasks": "all", "mask_view": "none", "external_data": "", "external_min_age": 18,
            "external_epochs": 5, "external_threshold": 0.3, "external_training": "pretrain", "external_share": 0.5,
-           "max_image_megapixels": 64.0,
-           # serving keys that choose the epoch since 2026-12-07 (served_f1): the defaults until then, so the runs
-           # trained with them keep their folders
-           "tta": True, "person_consistent": True}
+           "max_image_megapixels": 64.0}
+# tta and person_consistent choose the epoch since 2026-12-07 (served_f1) but stay out of the hash, so that every
+# recorded run keeps its folder: "default" (served as is since 2026-12-08) and "default+served" share one. Train a
+# new default into another --runs folder rather than reuse that one (its folds chose on TTA + persons).
 
 
 def config_hash(cfg: Config) -> str:

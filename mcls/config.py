@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from mcls.coerce import coerce
 from mcls.errors import UserError
 
 PRESETS = Path(__file__).parent / "presets"
@@ -185,7 +185,7 @@ class Config:
                 problems.append(f"{source}: unknown key {key!r} (valid keys: {', '.join(sorted(known))})")
                 continue
             try:
-                setattr(new, key, _coerce(value, hints[key]))
+                setattr(new, key, coerce(value, hints[key]))
             except (TypeError, ValueError) as err:
                 problems.append(f"{source}: {key}={value!r}: {err}")
         if "heads" in (values or {}) and has_mask_backbone(new.heads) != has_mask_backbone(self.heads):
@@ -374,41 +374,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     return cfg.updated(overrides or {})
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0])
-    if origin is list:
-        (item_type,) = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"expected a list of {item_type.__name__}")
-        return [_coerce(v, item_type) for v in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError("expected true or false")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError("expected an integer")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise TypeError("expected a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError("expected a number")
-        return float(value)
-    if hint is str:
-        if value is None:
-            return ""
-        if not isinstance(value, str):
-            raise TypeError("expected a string")
-        return value
-    return value

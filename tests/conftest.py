@@ -15,7 +15,8 @@ SAMPLE = ROOT / "data" / "sample"
 # GradCAM a model with gradients to show.
 # The default's two backbones are both the tiny one, the mask task's at the input's size.
 TINY = dict(backbone="test_efficientnet", pretrained="none", img_size=48, batch_size=16, n_folds=4, epochs=1,
-            num_workers=0, tta=True, ema_decay=0.0, wear_per_person=5, mask_backbone="", mask_size=0)
+            num_workers=0, tta=True, person_consistent=True, ema_decay=0.0, wear_per_person=5, mask_backbone="",
+            mask_size=0)
 
 
 @pytest.fixture
