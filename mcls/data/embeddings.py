@@ -133,7 +133,7 @@ def describe_faces(paths, settings: CropSettings = CropSettings(),
             continue
         box, found = face_box(record, settings.min_confidence)
         try:
-            out[i] = embed_array(decode_image(paths[i]), box)
+            out[i] = embed_array(decode_image(paths[i], settings.max_pixels), box)
         except BadImageError:
             continue
         # a centred box stands in for a face the detector missed: used now, never kept as if it had been found
