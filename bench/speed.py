@@ -11,8 +11,8 @@ Rows, per backbone and size (images per second; ratios within one run are what c
 Writes bench/results/speed.md and speed.csv with the machine, torch version, threads and the command.
 
 With --models, whole models as configs build them instead (the default's two backbones, a preset's), each timed
-training through mcls's loader, mask view and mixing as fit() trains it, and serving (flip TTA as shipped), with
-ratios to the first: bench/results/speed_models.{md,csv}.
+training through mcls's loader, mask view and mixing as fit() trains it, and serving as the config serves (flip
+TTA where it sets tta), with ratios to the first: bench/results/speed_models.{md,csv}.
 """
 from __future__ import annotations
 
@@ -172,7 +172,8 @@ def main(argv=None) -> pd.DataFrame:
 
 def compare_models(args, command: str) -> pd.DataFrame:
     """One row per model config: training images/s as fit() trains it (loader, augmentation, mask view, mixing)
-    and serving images/s and ms per image (flip TTA, as shipped), with each figure's ratio to the first model's."""
+    and serving images/s and ms per image (as the config serves: flip TTA only where it sets tta), with each figure's
+    ratio to the first model's."""
     table = load_train_table(args.data)
     targets = targets_of(table)
     rows, cache, serving = [], {}, []
@@ -187,7 +188,7 @@ def compare_models(args, command: str) -> pd.DataFrame:
         sampler.set_epoch(epoch_order(targets, seed=0), seed=0)
         loader = make_loader(ImageArrayDataset(images, targets, create_train_transform(cfg.augment)), args.batch,
                              train=True, num_workers=cfg.num_workers, sampler=sampler)
-        rows.append({"model": name, "heads": cfg.heads, "backbone": cfg.backbone,
+        rows.append({"model": name, "heads": cfg.heads, "tta": cfg.tta, "backbone": cfg.backbone,
                      "mask_backbone": cfg.mask_backbone or (cfg.backbone if has_mask_backbone(cfg.heads) else ""),
                      "img_size": cfg.img_size, "mask_size": cfg.mask_size,
                      "train_img_s": train_rate(cfg, loader, targets, args.steps, whole=True)})
@@ -195,11 +196,11 @@ def compare_models(args, command: str) -> pd.DataFrame:
         print(pd.DataFrame(rows[-1:]).round(2).to_string(index=False), flush=True)
     # serving in rounds, one pass of every model a round, the median per model: a single pass of the first model
     # measured alone ran up to 1.8x slower than the same pass later in the process
-    rates = [[infer_rate(cfg, images, tta=True, repeats=1, whole=True) for cfg, images in serving]
+    rates = [[infer_rate(cfg, images, tta=cfg.tta, repeats=1, whole=True) for cfg, images in serving]
              for _ in range(args.repeats)]
     for row, model_rates in zip(rows, zip(*rates)):
-        row["serve_tta_img_s"] = float(np.median(model_rates))
-        row["serve_ms_per_image"] = 1000 / row["serve_tta_img_s"]
+        row["serve_img_s"] = float(np.median(model_rates))
+        row["serve_ms_per_image"] = 1000 / row["serve_img_s"]
     df = pd.DataFrame(rows)
     df["train_time_ratio"] = df["train_img_s"].iloc[0] / df["train_img_s"]
     df["serve_time_ratio"] = df["serve_ms_per_image"] / df["serve_ms_per_image"].iloc[0]
@@ -207,7 +208,8 @@ def compare_models(args, command: str) -> pd.DataFrame:
     write(df, out.with_name(out.name + "_models"), command,
           title="Whole models: training and serving speed",
           note="Training: images/s through fit()'s loader, augmentation, mask view and mixing (no validation, no "
-               "EMA). Serving: images/s of predict_dataset on decoded images with flip TTA, as runs are served, "
+               "EMA). Serving: images/s of predict_dataset on decoded images as the config serves them (flip TTA "
+               "where it sets tta), "
                "the median of --repeats rounds that each time every model once. "
                "Ratios are time per image against the first row.\n\n")
     return df

@@ -138,7 +138,7 @@ class Config:
     amp: bool = True  # mixed precision, used on CUDA only
     # auto: bfloat16 where the GPU has it, else float16 + loss scaling
     amp_dtype: str = one_of("auto", "bfloat16", "float16")
-    channels_last: str = one_of("auto", "on", "off")  # auto: CUDA only
+    channels_last: str = one_of("auto", "on", "off")  # auto: on (faster on CUDA and on CPU: bench/results/profile_fold.md)
     num_workers: int = placement(0)
     compile: bool = False  # torch.compile the training model (needs a C++ compiler on CPU; slow first epoch)
     # --- run ---
@@ -184,6 +184,8 @@ class Config:
             if key not in known:
                 problems.append(f"{source}: unknown key {key!r} (valid keys: {', '.join(sorted(known))})")
                 continue
+            if isinstance(value, bool) and {"on", "off"} <= set(key_choices().get(key, ())):
+                value = "on" if value else "off"  # YAML 1.1 reads a bare on/off (CLI or file) as true/false
             try:
                 setattr(new, key, coerce(value, hints[key]))
             except (TypeError, ValueError) as err:

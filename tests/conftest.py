@@ -81,3 +81,19 @@ def trained_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("shared") / "run"
     train(Config(data_dir=str(SAMPLE), run_dir=str(run), **TINY))
     return run
+
+
+@pytest.fixture(scope="session")
+def members_run(tmp_path_factory) -> tuple[Path, dict]:
+    """(run folder, train()'s summary) of a tiny run with one member, `small` (img_size 40, train_seed 3), on all
+    4 folds, its age calibration fitted on their average: trained once for the ensemble tests and notebook 05."""
+    from mcls.config import Config
+    from mcls.train.run import train
+
+    base = tmp_path_factory.mktemp("members")
+    member = base / "small.yaml"
+    member.write_text("img_size: 40\ntrain_seed: 3\n")
+    run = base / "run"
+    summary = train(Config(data_dir=str(SAMPLE), run_dir=str(run), **TINY).updated(
+        {"members": [str(member)], "fold": -1, "calibrate_age": True}))
+    return run, summary

@@ -8,6 +8,16 @@ def test_overrides_are_typed():
     assert cfg.epochs == 3 and cfg.lr == 3e-4 and cfg.age_bounds == [25, 60] and cfg.tta is False
 
 
+def test_on_and_off_mean_on_and_off_though_yaml_reads_them_as_booleans(tmp_path):
+    assert load_config(None, ["channels_last=on"]).channels_last == "on"
+    assert load_config(None, ["channels_last=off"]).channels_last == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("channels_last: off\n")
+    assert load_config(path).channels_last == "off"
+    with pytest.raises(ConfigError, match="backbone=True: expected a string"):  # only where on/off are choices
+        load_config(None, ["backbone=on"])
+
+
 def test_every_problem_is_listed():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["epochs=many", "no_such_key=1", "tta=maybe"])

@@ -26,11 +26,10 @@ def _member(tmp_path, name, text):
     return str(path)
 
 
-def test_a_run_with_members_trains_them_on_its_folds_and_predicts_their_average(tiny_cfg, tmp_path, sample_dir):
-    other = _member(tmp_path, "small", "img_size: 40\ntrain_seed: 3\n")
-    cfg = tiny_cfg.updated({"members": [other], "fold": -1, "calibrate_age": True})
-    summary = train(cfg)
-    run = tmp_path / "run"
+def test_a_run_with_members_trains_them_on_its_folds_and_predicts_their_average(members_run, tiny_cfg, tmp_path,
+                                                                               sample_dir):
+    run, summary = members_run
+    cfg = load_config(run / "config.yaml")
     assert Run.open(run).with_members == [Run(run), Run(run / "members" / "small")]
     member_cfg = load_config(run / "members" / "small" / "config.yaml")
     assert (member_cfg.img_size, member_cfg.train_seed, member_cfg.members) == (40, 3, [])

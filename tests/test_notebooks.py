@@ -107,6 +107,7 @@ def test_05_submission(trained_run, tmp_path):
     assert list(sub["ImageID"]) == list(info["ImageID"])
     m = metrics(trained_run, "05_submission")
     assert m["rows"] == 21 and sum(m["predicted_class_counts"]) == 21
+    assert m["tta"] is True  # as the run was trained (TINY), though the package's default is false: not given here
     assert (trained_run / "05_submission" / "predicted_classes.png").is_file()
     assert m["compare"]["metrics"]["f1"]["delta"] == 0 and m["compare"]["metrics"]["f1"]["interval"] == [0, 0]
     shown = "".join(assert_shows_what_it_saved(trained_run, "05_submission"))
@@ -116,13 +117,8 @@ def test_05_submission(trained_run, tmp_path):
     assert (trained_run / "05_submission" / "disagreements.png").is_file()
 
 
-def test_05_submission_averages_the_runs_ensemble_members(tiny_cfg, tmp_path):
-    from mcls.train.run import train
-
-    member = tmp_path / "small.yaml"
-    member.write_text("img_size: 40\n")
-    train(tiny_cfg.updated({"members": [str(member)], "calibrate_age": True, "fold": -1}))
-    run = Path(tiny_cfg.run_dir)
+def test_05_submission_averages_the_runs_ensemble_members(members_run):
+    run, _ = members_run
     execute("05_submission", run)
     m = metrics(run, "05_submission")
     assert m["runs"] == [str(run.resolve()), str((run / "members" / "small").resolve())]

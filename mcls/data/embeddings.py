@@ -82,12 +82,16 @@ def embed_array(arr: np.ndarray, box) -> np.ndarray:
     return vec / max(float(np.linalg.norm(vec)), 1e-8)
 
 
-def _cache_file(cache_dir: str, digest: str, min_confidence: float) -> Path:
-    """Keyed by the file's bytes and everything that picks its face box and embeds it: the embedder, the detector
-    and the confidence cut (a box found under another cut is another descriptor)."""
+def _cache_folder(cache_dir: str, min_confidence: float) -> Path:
+    """Where descriptors live, keyed by everything that picks a face box and embeds it: the embedder, the detector
+    and the confidence cut (a box found under another cut is another descriptor); a file's bytes name it inside."""
     inputs = {"embedder": EMBEDDER, "detector": DETECTOR, "min_confidence": min_confidence}
     key = hashlib.sha1(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(cache_dir) / f"dlib-{key}" / digest[:2] / f"{digest}.npy"
+    return Path(cache_dir) / f"dlib-{key}"
+
+
+def _cache_file(folder: Path, digest: str) -> Path:
+    return folder / digest[:2] / f"{digest}.npy"
 
 
 def face_descriptors(paths, settings: CropSettings = CropSettings(), cache_dir: str | None = None) -> np.ndarray:
@@ -106,6 +110,7 @@ def describe_faces(paths, settings: CropSettings = CropSettings(),
     from mcls.runtime.progress import progress
 
     cache_dir = settings.cache_dir if cache_dir is None else cache_dir
+    folder = _cache_folder(cache_dir, settings.min_confidence) if cache_dir else None
     paths = [str(p) for p in paths]
     out = np.zeros((len(paths), DIM), dtype=np.float32)
     detected = np.zeros(len(paths), dtype=bool)
@@ -115,7 +120,7 @@ def describe_faces(paths, settings: CropSettings = CropSettings(),
             digest = file_digest(path)
         except OSError:
             continue
-        cached = _cache_file(cache_dir, digest, settings.min_confidence) if cache_dir else None
+        cached = _cache_file(folder, digest) if folder else None
         if cached is not None and cached.is_file():
             try:
                 out[i] = np.load(cached)
@@ -139,8 +144,8 @@ def describe_faces(paths, settings: CropSettings = CropSettings(),
         # a centred box stands in for a face the detector missed: used now, never kept as if it had been found
         n_centred += not found
         detected[i] = found
-        if cache_dir and found:
-            save_npy(_cache_file(cache_dir, digest, settings.min_confidence), out[i])
+        if folder and found:
+            save_npy(_cache_file(folder, digest), out[i])
     log.info("face descriptors: %d computed (%d on a centred box: no face detected, not cached), %d from the cache",
              len(todo), n_centred, len(paths) - len(todo))
     return out, detected

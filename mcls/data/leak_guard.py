@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mcls.data.faces import CropSettings
-from mcls.data.images import BadImageError, load_resized
+from mcls.data.images import MAX_PIXELS, BadImageError, load_resized
 
 HASH_GRID = 16  # block means a side: 16 x 15 + 15 = 255 bits
 # of 255: how far two hashes of one photo drift through mirroring, resizing and JPEG (at most 11 on data/sample's
@@ -63,11 +63,11 @@ class LeakReport:
                 f"(threshold {self.threshold:g})")
 
 
-def photo_hash(path) -> np.ndarray | None:
+def photo_hash(path, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
     """(2, 32) uint8: 255-bit difference hashes of the photo's 16 x 16 grayscale block means, as is and mirrored;
-    None if it cannot be read."""
+    None if it cannot be read (or claims more than `max_pixels`, as the crops and descriptors refuse it)."""
     try:
-        arr = load_resized(path, HASH_GRID * 8).astype(np.float32).mean(-1)
+        arr = load_resized(path, HASH_GRID * 8, max_pixels=max_pixels).astype(np.float32).mean(-1)
     except BadImageError:
         return None
     small = arr.reshape(HASH_GRID, 8, HASH_GRID, 8).mean((1, 3))
@@ -111,8 +111,8 @@ def guard(external: pd.DataFrame, competition_paths, threshold: float, settings:
     ext_paths = external["path"].astype(str).tolist()
     ext_desc, ext_detected = describe_faces(ext_paths, settings, cache_dir)
     comp_desc = describe_faces(competition_paths, settings, cache_dir)[0]
-    ext_hash, ext_readable = _hashes(ext_paths)
-    comp_hash, comp_readable = _hashes(competition_paths)
+    ext_hash, ext_readable = _hashes(ext_paths, settings.max_pixels)
+    comp_hash, comp_readable = _hashes(competition_paths, settings.max_pixels)
     # a zero row is a face dlib could not read: it must not match another zero row
     ext_ok, comp_ok = np.abs(ext_desc).sum(1) > 0, np.abs(comp_desc).sum(1) > 0
     nearest = np.full(len(ext_paths), -1)
@@ -144,9 +144,9 @@ def guard(external: pd.DataFrame, competition_paths, threshold: float, settings:
     return LeakReport(kept, left_out, pairs.sort_values("distance").reset_index(drop=True), dist, threshold, min_age)
 
 
-def _hashes(paths) -> tuple[np.ndarray, np.ndarray]:
+def _hashes(paths, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, 2, 32) photo hashes and whether each photo could be read."""
-    hashes = [photo_hash(p) for p in paths]
+    hashes = [photo_hash(p, max_pixels) for p in paths]
     readable = np.array([h is not None for h in hashes], dtype=bool)
     blank = np.zeros((2, 32), dtype=np.uint8)
     return np.stack([blank if h is None else h for h in hashes]).reshape(len(paths), 2, 32), readable

@@ -34,8 +34,9 @@ AMP_DTYPES = ("auto", "bfloat16", "float16")
 
 
 class Runtime:
-    """Device, mixed precision and memory format, decided once. AMP and channels_last act on CUDA only; `amp_dtype`
-    auto takes bfloat16 where the GPU has it, else float16, which trains with a loss scaler."""
+    """Device, mixed precision and memory format, decided once. AMP acts on CUDA only (on CPU bfloat16 sped the face
+    backbone but slowed the mask one: bench/results/cpu_formats.md); channels_last acts on both. `amp_dtype` auto
+    takes bfloat16 where the GPU has it, else float16, which trains with a loss scaler."""
 
     def __init__(self, device: str = "auto", amp: bool = True, channels_last: str = "auto", amp_dtype: str = "auto"):
         self.device = select_device(device)
@@ -45,7 +46,9 @@ class Runtime:
             if amp_dtype == "auto":
                 amp_dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
             self.amp_dtype = getattr(torch, amp_dtype)
-        self.channels_last = channels_last == "on" or (channels_last == "auto" and cuda)
+        # auto is on everywhere: on this project's 2-core CPU it took a default fold's training step from 1.39 s to
+        # 0.99 s (bench/results/profile_fold.md), and GPUs' convolution kernels want it too
+        self.channels_last = channels_last in ("on", "auto")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.pin_memory = cuda
 
