@@ -209,8 +209,7 @@ def compare_models(args, command: str) -> pd.DataFrame:
           title="Whole models: training and serving speed",
           note="Training: images/s through fit()'s loader, augmentation, mask view and mixing (no validation, no "
                "EMA). Serving: images/s of predict_dataset on decoded images as the config serves them (flip TTA "
-               "where it sets tta), "
-               "the median of --repeats rounds that each time every model once. "
+               "where it sets tta), the median of --repeats rounds that each time every model once. "
                "Ratios are time per image against the first row.\n\n")
     return df
 

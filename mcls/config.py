@@ -180,11 +180,12 @@ class Config:
         known = set(self.field_names())
         problems = []
         new = dataclasses.replace(self)
+        choices = key_choices()
         for key, value in (values or {}).items():
             if key not in known:
                 problems.append(f"{source}: unknown key {key!r} (valid keys: {', '.join(sorted(known))})")
                 continue
-            if isinstance(value, bool) and {"on", "off"} <= set(key_choices().get(key, ())):
+            if isinstance(value, bool) and {"on", "off"} <= set(choices.get(key, ())):
                 value = "on" if value else "off"  # YAML 1.1 reads a bare on/off (CLI or file) as true/false
             try:
                 setattr(new, key, coerce(value, hints[key]))

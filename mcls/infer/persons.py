@@ -21,22 +21,22 @@ from mcls.runtime.device import Runtime
 
 UPPER_SHARE = 0.31  # of the image height; at 0.44 mask tops leak in and grouping quality halves
 EMBEDDING_BACKBONE = "tf_efficientnet_lite0"
-RUNTIME = Runtime("cpu")  # the groups are found on the CPU wherever the model runs (its memory format, no AMP)
 
 
 @lru_cache(maxsize=1)
-def _embedding_net():
-    return RUNTIME.prepare(create_model(EMBEDDING_BACKBONE, pretrained="offline", drop_rate=0.0)).eval()
+def _embedding_net() -> tuple[Runtime, torch.nn.Module]:
+    rt = Runtime("cpu")  # the groups are found on the CPU wherever the model runs (its memory format, no AMP)
+    return rt, rt.prepare(create_model(EMBEDDING_BACKBONE, pretrained="offline", drop_rate=0.0)).eval()
 
 
 @torch.no_grad()
 def face_embeddings(images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, D) unit vectors, centred on the set's mean so shared lighting cancels."""
-    net = _embedding_net()
+    rt, net = _embedding_net()
     rows = max(8, int(round(images.shape[1] * UPPER_SHARE)))
     top = torch.from_numpy(np.ascontiguousarray(images[:, :rows])).permute(0, 3, 1, 2)
     face = net.face_backbone()
-    feats = torch.cat([face(net.normalise(RUNTIME.to_input(top[i:i + batch_size])))
+    feats = torch.cat([face(net.normalise(rt.to_input(top[i:i + batch_size])))
                        for i in range(0, len(top), batch_size)])
     feats = feats.numpy() - feats.numpy().mean(0)
     return feats / (np.linalg.norm(feats, axis=1, keepdims=True) + 1e-6)

@@ -35,8 +35,8 @@ AMP_DTYPES = ("auto", "bfloat16", "float16")
 
 class Runtime:
     """Device, mixed precision and memory format, decided once. AMP acts on CUDA only (on CPU bfloat16 sped the face
-    backbone, slowed the mask one and is not judged on quality: bench/results/cpu_formats.md); channels_last acts on both. `amp_dtype` auto
-    takes bfloat16 where the GPU has it, else float16, which trains with a loss scaler."""
+    backbone, slowed the mask one and is not judged on quality: bench/results/cpu_formats.md); channels_last acts
+    on both. `amp_dtype` auto takes bfloat16 where the GPU has it, else float16, which trains with a loss scaler."""
 
     def __init__(self, device: str = "auto", amp: bool = True, channels_last: str = "auto", amp_dtype: str = "auto"):
         self.device = select_device(device)
