@@ -67,7 +67,7 @@ def cmd_demo(args) -> None:
     sub = write_submission(cfg.data_dir, cfg.run_dir, device=cfg.device)
     print("", *result_lines(cfg.run_dir, sub), sep="\n")
     print("what to expect: 12 held-out persons of a 48-person sample judge the mask head (near 1.00 here) but gender "
-          "and age only roughly (about 0.75 and 0.6, several points apart from run to run); full-data scores are in "
+          "and age only roughly (gender about 0.75, age 0.4-0.6, apart from run to run); full-data scores are in "
           "docs/results.md")
 
 
